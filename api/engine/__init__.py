@@ -1,0 +1,1 @@
+"""Local inference engines: the vLLM-compatible simulator (default) and launch recipes."""

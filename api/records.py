@@ -1,0 +1,107 @@
+"""The stored model document: desired spec, observed state, and the executor's bookkeeping.
+
+A record is what every store persists and every role reads. The frontend writes the desired
+spec (and bumps ``generation`` when the deployment must change); the model-job-executor writes
+the observed state, the lease and the retry bookkeeping. ``revision`` is the optimistic
+concurrency token: stores refuse a write whose ``revision`` is not the stored one.
+Public views of a record live in :mod:`api.schemas`.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelStatus(enum.StrEnum):
+    DEPLOYING = "DEPLOYING"
+    ACTIVE = "ACTIVE"
+    UPDATING = "UPDATING"
+    DELETING = "DELETING"
+    FAILED = "FAILED"
+
+
+def new_model_id() -> str:
+    """32 lowercase hex characters, as the product's ids."""
+    return secrets.token_hex(16)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """``2025-04-29T17:10:08.673Z``: UTC, milliseconds, ``Z``."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Pvc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+
+
+class Slo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_time_to_first_token_p95: float
+    target_time_per_output_token_p95: float
+
+
+class Endpoint(BaseModel):
+    """One serving instance as the gateway reaches it."""
+
+    instance_id: str
+    url: str
+    ready: bool = True
+
+
+class ModelRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    # The product's fields.
+    id: str = Field(default_factory=new_model_id)
+    name: str
+    type: str
+    resource_type: str
+    version: str = ""
+    max_instance: int
+    min_instance: int
+    pvc: Pvc
+    slo: Slo
+    description: str = ""
+    status: ModelStatus = ModelStatus.DEPLOYING
+    status_code: str = ""
+    status_msg: str = ""
+    created_at: datetime = Field(default_factory=utc_now)
+    updated_at: datetime = Field(default_factory=utc_now)
+
+    # Desired state beyond the product's fields.
+    replicas: int = Field(description="desired instances, kept within [min_instance, max_instance]")
+    generation: int = 1
+
+    # Observed state, written by the model-job-executor.
+    observed_generation: int = 0
+    ready_instances: int = 0
+    endpoints: list[Endpoint] = Field(default_factory=list)
+
+    # Executor bookkeeping.
+    lease_owner: str = ""
+    lease_expires_at: float = 0.0
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+
+    # Optimistic concurrency: bumped by the store on every successful write.
+    revision: int = 0
+
+    @property
+    def deleting(self) -> bool:
+        return self.status is ModelStatus.DELETING
+
+    def touch(self) -> None:
+        self.updated_at = utc_now()

@@ -1,0 +1,91 @@
+"""All of aif's settings, in one pydantic-settings class.
+
+Read from the environment with the ``AIF_`` prefix (``AIF_PORT``, ``AIF_DATA_DIR``,
+``AIF_MONGODB_URL`` ...), then from command-line flags. Outside ``development`` the class
+refuses defaults that are only safe on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PULUMI_PASSPHRASE = "aif-development-only"
+
+
+def default_data_dir() -> Path:
+    """Per-user data location: ``$XDG_DATA_HOME/aif`` or ``~/.local/share/aif``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "aif"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIF_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    log_level: str = "INFO"
+
+    # Persistence: the product's ``mongodbUrl``. Unset means the embedded store in data_dir.
+    mongodb_url: SecretStr | None = None
+    mongodb_database: str = "aif"
+
+    # Registry rules.
+    max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # Where models run: engine processes on this machine, or Kubernetes through Pulumi.
+    runtime: Literal["local", "kubernetes"] = "local"
+    engine: Literal["simulator", "llama-cpp", "vllm"] = "simulator"
+    # Extra arguments for every local engine process (fault injection in tests, vLLM flags).
+    engine_args: list[str] = Field(default_factory=list)
+    engine_ready_timeout_s: float = Field(default=120.0, gt=0)
+
+    # model-job-executor: one reconcile pass per interval, and at once on a change.
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, description="failed passes before FAILED")
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+
+    # chat-job-executor: how often the in-memory routing table is rebuilt from the store.
+    routing_refresh_s: float = Field(default=0.5, gt=0)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+
+    # Kubernetes runtime (see infra/).
+    namespace: str = "aif-models"
+    scheduler_name: str = ""
+    volcano_queue: str = ""
+    engine_image: str = ""
+    pulumi_backend_url: str = ""
+    pulumi_passphrase: SecretStr = SecretStr(DEFAULT_PULUMI_PASSPHRASE)
+    pulumi_work_dir: Path | None = None
+    pulumi_workers: int = Field(default=4, ge=1)
+    pod_monitor: bool = False
+    cache_pvc: str = ""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.environment == "development":
+            return self
+        problems = []
+        if self.mongodb_url is None:
+            problems.append("AIF_MONGODB_URL must be set (the embedded store is for development)")
+        if (
+            self.runtime == "kubernetes"
+            and self.pulumi_passphrase.get_secret_value() == DEFAULT_PULUMI_PASSPHRASE
+        ):
+            problems.append("AIF_PULUMI_PASSPHRASE must be set to a secret of your own")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir
