@@ -1,0 +1,126 @@
+"""The ``aif`` command: run the control plane, one role or all, and render manifests.
+
+``aif serve`` is the embedded default: every role in one process, the embedded store in the
+data dir and engines as local processes. The single-role commands are what the four
+Deployments of an installation run, against a shared MongoDB.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+
+from api.app import ALL_ROLES, Role, create_app
+from api.errors import describe_validation_errors
+from api.settings import Settings
+
+app = typer.Typer(
+    help="aif: register, deploy, scale and serve large language models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+HostOption = Annotated[
+    str | None, typer.Option("--host", help="Address to listen on [env: AIF_HOST].")
+]
+PortOption = Annotated[int | None, typer.Option("--port", help="Port [env: AIF_PORT].")]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Embedded store and engine state [env: AIF_DATA_DIR]."),
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        message, _ = describe_validation_errors(list(exc.errors()))
+        err_console.print(f"[red]invalid settings:[/red] {message}")
+        raise typer.Exit(2) from exc
+
+
+def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: Path | None) -> None:
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    application = create_app(settings, roles)
+    # The asyncio loop, not uvloop: Pulumi's inline programs run on it.
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        loop="asyncio",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def serve(host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None) -> None:
+    """Run the whole control plane in one process (the embedded default)."""
+    _run(ALL_ROLES, host, port, data_dir)
+
+
+@app.command()
+def frontend(
+    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+) -> None:
+    """Run the frontend: the /v1/models API and the OpenAI-compatible endpoint."""
+    _run(frozenset({Role.FRONTEND}), host, port, data_dir)
+
+
+@app.command("model-job-executor")
+def model_job_executor(
+    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+) -> None:
+    """Run the model-job-executor: reconcile registered models into deployments."""
+    _run(frozenset({Role.MODEL_JOB_EXECUTOR}), host, port, data_dir)
+
+
+@app.command("chat-job-executor")
+def chat_job_executor(
+    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+) -> None:
+    """Run the chat-job-executor: route inference requests to ready instances."""
+    _run(frozenset({Role.CHAT_JOB_EXECUTOR}), host, port, data_dir)
+
+
+@app.command("task-executor-manager")
+def task_executor_manager(
+    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+) -> None:
+    """Run the task-executor-manager: watch instances' load and health."""
+    _run(frozenset({Role.TASK_EXECUTOR_MANAGER}), host, port, data_dir)
+
+
+@app.command()
+def render(
+    file: Annotated[
+        str, typer.Option("--file", "-f", help="A register body (JSON), or - for stdin.")
+    ],
+) -> None:
+    """Print the Kubernetes manifests of a model as multi-document YAML, with no cluster."""
+    from infra.manifests import ClusterConfig, render_documents
+
+    body = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    try:
+        documents = render_documents(body, ClusterConfig.from_settings(_settings()))
+    except ValidationError as exc:
+        message, _ = describe_validation_errors(list(exc.errors()))
+        err_console.print(f"[red]invalid model:[/red] {message}")
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        err_console.print(f"[red]invalid model:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    sys.stdout.write(documents)

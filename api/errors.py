@@ -1,0 +1,143 @@
+"""Domain errors of the API layer, and their mapping to HTTP in one place.
+
+Hierarchy::
+
+    AifError                     500  internal_error
+    ├── InvalidRequest           422  invalid_request_error (names the field in ``param``)
+    │   └── MalformedBody        400  invalid_request_error (JSON that does not parse)
+    ├── PayloadTooLarge          413  invalid_request_error
+    ├── ModelNotFound            404  not_found_error
+    ├── ModelConflict            409  conflict_error (duplicate name, model being deleted)
+    ├── ModelNotReady            503  service_unavailable_error
+    └── UpstreamError            502  upstream_error
+
+Every error body on ``/v1/*`` has OpenAI's shape, ``{"error": {"message", "type", "param",
+"code"}}``, so the product's clients and OpenAI SDKs both read it. Validation failures also
+keep FastAPI's ``detail`` list, which names each field and rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class AifError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(AifError):
+    status_code = 422
+    error_type = "invalid_request_error"
+
+
+class MalformedBody(InvalidRequest):
+    status_code = 400
+
+
+class PayloadTooLarge(AifError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(AifError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelConflict(AifError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class ModelNotReady(AifError):
+    status_code = 503
+    error_type = "service_unavailable_error"
+
+
+class UpstreamError(AifError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+def error_body(
+    message: str, error_type: str, code: int, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
+    """One readable sentence naming every failing field and its rule, and the first field."""
+    messages = []
+    for err in errors:
+        field = _field_path(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        messages.append(f"{field}: {msg}")
+    first = _field_path(errors[0].get("loc", ())) if errors else None
+    return "; ".join(messages), first
+
+
+def _to_response(exc: AifError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.message, exc.error_type, exc.status_code, exc.param),
+        status_code=exc.status_code,
+    )
+
+
+async def _aif_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AifError)
+    return _to_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    errors = list(exc.errors())
+    error: AifError
+    if any(err.get("type") == "json_invalid" for err in errors):
+        reason = errors[0].get("ctx", {}).get("error", "")
+        error = MalformedBody(f"request body is not valid JSON: {reason}".strip())
+    else:
+        message, param = describe_validation_errors(errors)
+        error = InvalidRequest(message, param=param)
+    content = error_body(error.message, error.error_type, error.status_code, error.param)
+    # FastAPI's own list rides beside the OpenAI-shaped body: one entry per field and rule.
+    content["detail"] = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
+        for err in errors
+    ]
+    return JSONResponse(content, status_code=error.status_code)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "error")
+    return JSONResponse(
+        error_body(str(exc.detail), kind, exc.status_code),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AifError, _aif_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,277 @@
+"""The model-job-executor: reconciles each registered model into a deployment.
+
+Level-triggered: every pass (each ``interval_s``, and at once when notified of a change)
+reads every model and drives its deployment toward the desired spec through a
+:class:`~api.deployers.base.Deployer`, then records what it observed. Under a lease per model
+(:mod:`api.executor.leases`) two executors never act on one model; state lives only in the
+store and the deployer, so a crash at any point is recovered by the next pass of any executor.
+A failing pass is retried with exponential backoff; after ``max_attempts`` in a row the model
+is ``FAILED`` with the deployer's reason, until the user changes it. A model being deleted is
+torn down and then removed from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from api.deployers.base import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
+from api.executor.leases import lease_available, needs_renewal, new_owner_id
+from api.records import ModelRecord, ModelStatus
+from api.store import ModelStore, RecordNotFound, RevisionConflict
+
+logger = logging.getLogger(__name__)
+
+# At most this many models are reconciled at once by one executor: deployer calls may block
+# for a while (a Pulumi update), and the rest of the models must not starve behind them.
+MAX_CONCURRENT_MODELS = 8
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+
+    def delay_s(self, attempts: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempts - 1)))
+
+
+class ModelJobExecutor:
+    def __init__(
+        self,
+        store: ModelStore,
+        deployer: Deployer,
+        *,
+        interval_s: float,
+        lease_ttl_s: float,
+        retry: RetryPolicy,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._deployer = deployer
+        self._interval_s = interval_s
+        self._lease_ttl_s = lease_ttl_s
+        self._retry = retry
+        self.owner = owner or new_owner_id()
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_MODELS)
+        self._task: asyncio.Task[None] | None = None
+
+    def notify_change(self) -> None:
+        self._changed.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="model-job-executor")
+
+    async def stop(self) -> None:
+        """Stop reconciling and hand every lease back, so another executor can take over."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await asyncio.to_thread(self._release_all)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once(wait=False)
+            except Exception:
+                logger.exception("reconcile pass failed; the next pass retries")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._interval_s)
+            self._changed.clear()
+
+    async def run_once(self, *, wait: bool = True) -> None:
+        """One pass over every model; with ``wait``, until each model's step is done."""
+        records = await asyncio.to_thread(self._store.list)
+        now = self._clock()
+        for record in records:
+            if record.id in self._inflight or not self._wants_work(record, now):
+                continue
+            task = asyncio.create_task(self._reconcile(record.id), name=f"reconcile-{record.id}")
+            self._inflight[record.id] = task
+            task.add_done_callback(lambda _, model_id=record.id: self._inflight.pop(model_id))
+        if wait:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    def _wants_work(self, record: ModelRecord, now: float) -> bool:
+        if record.status is ModelStatus.FAILED:
+            return False
+        if record.next_attempt_at > now:
+            return False
+        return lease_available(record, self.owner, now)
+
+    async def _reconcile(self, model_id: str) -> None:
+        async with self._slots:
+            record = await asyncio.to_thread(self._take_lease, model_id)
+            if record is None:
+                return
+            try:
+                if record.deleting:
+                    await self._tear_down(record)
+                else:
+                    await self._deploy(record)
+            except asyncio.CancelledError:
+                raise
+            except DeployerError as exc:
+                await asyncio.to_thread(self._record_failure, record, exc)
+            except Exception as exc:
+                logger.exception("reconcile of model %s failed", model_id)
+                error = DeployerError(f"internal error: {exc}", reason="InternalError")
+                await asyncio.to_thread(self._record_failure, record, error)
+
+    async def _deploy(self, record: ModelRecord) -> None:
+        spec = DeploymentSpec.from_record(record)
+        state = await self._deployer.apply(spec)
+        if state.phase is Phase.FAILED:
+            error = DeployerError(state.message or "the deployment failed", reason=state.reason)
+            await asyncio.to_thread(self._record_failure, record, error, state)
+            return
+        await asyncio.to_thread(self._record_observation, spec, state)
+
+    async def _tear_down(self, record: ModelRecord) -> None:
+        gone = await self._deployer.remove(record.id)
+        logger.info("teardown model=%s name=%s gone=%s", record.id, record.name, gone)
+        if gone:
+            await asyncio.to_thread(self._forget, record.id)
+
+    # Store writes: read-modify-write under compare-and-set, retried on a conflict.
+
+    def _mutate(self, model_id: str, change: Callable[[ModelRecord], bool]) -> ModelRecord | None:
+        while True:
+            record = self._store.get(model_id)
+            if record is None:
+                return None
+            if not change(record):
+                return record
+            try:
+                return self._store.replace(record)
+            except RevisionConflict:
+                continue
+            except RecordNotFound:
+                return None
+
+    def _take_lease(self, model_id: str) -> ModelRecord | None:
+        now = self._clock()
+        taken = False
+
+        def take(record: ModelRecord) -> bool:
+            nonlocal taken
+            taken = lease_available(record, self.owner, now)
+            if not taken or not needs_renewal(record, self.owner, now, self._lease_ttl_s):
+                return False
+            record.lease_owner = self.owner
+            record.lease_expires_at = now + self._lease_ttl_s
+            return True
+
+        record = self._mutate(model_id, take)
+        return record if record is not None and taken else None
+
+    def _release_all(self) -> None:
+        for record in self._store.list():
+            if record.lease_owner != self.owner:
+                continue
+
+            def release(r: ModelRecord) -> bool:
+                if r.lease_owner != self.owner:
+                    return False
+                r.lease_owner, r.lease_expires_at = "", 0.0
+                return True
+
+            self._mutate(record.id, release)
+
+    def _record_observation(self, spec: DeploymentSpec, state: DeploymentState) -> None:
+        def observe(record: ModelRecord) -> bool:
+            before = record.model_dump(include=_OBSERVED)
+            record.ready_instances = state.ready_replicas
+            record.endpoints = list(state.endpoints)
+            current = record.generation == spec.generation and record.replicas == spec.replicas
+            if current and state.phase is Phase.READY and not record.deleting:
+                if record.status is not ModelStatus.ACTIVE:
+                    logger.info(
+                        "model active model=%s name=%s generation=%d ready=%d",
+                        record.id, record.name, record.generation, state.ready_replicas,
+                    )  # fmt: skip
+                record.status = ModelStatus.ACTIVE
+                record.observed_generation = record.generation
+                record.status_code, record.status_msg = "", ""
+                record.attempts, record.next_attempt_at = 0, 0.0
+            elif not record.deleting:
+                record.status_code = ""
+                record.status_msg = state.message
+            changed = record.model_dump(include=_OBSERVED) != before
+            if changed:
+                record.touch()
+            return changed
+
+        self._mutate(spec.model_id, observe)
+
+    def _record_failure(
+        self, seen: ModelRecord, error: DeployerError, state: DeploymentState | None = None
+    ) -> None:
+        now = self._clock()
+
+        def fail(record: ModelRecord) -> bool:
+            if record.generation != seen.generation or record.deleting != seen.deleting:
+                return False  # the user changed the model meanwhile: the next pass starts afresh
+            record.attempts += 1
+            if state is not None:
+                record.ready_instances = state.ready_replicas
+                record.endpoints = list(state.endpoints)
+            record.status_code = error.reason
+            exhausted = record.attempts >= self._retry.max_attempts or not error.retryable
+            if exhausted and not record.deleting:
+                record.status = ModelStatus.FAILED
+                record.status_msg = error.message
+            else:
+                delay_s = self._retry.delay_s(record.attempts)
+                record.next_attempt_at = now + delay_s
+                record.status_msg = (
+                    f"{error.message} (attempt {record.attempts} of {self._retry.max_attempts}, "
+                    f"retrying in {delay_s:.0f}s)"
+                )
+            record.touch()
+            logger.warning(
+                "reconcile failed model=%s name=%s reason=%s attempts=%d status=%s message=%s",
+                record.id, record.name, error.reason, record.attempts, record.status, error.message,
+            )  # fmt: skip
+            return True
+
+        self._mutate(seen.id, fail)
+
+    def _forget(self, model_id: str) -> None:
+        while True:
+            record = self._store.get(model_id)
+            if record is None:
+                return
+            try:
+                self._store.delete(model_id, record.revision)
+                logger.info("model removed model=%s name=%s", model_id, record.name)
+                return
+            except RevisionConflict:
+                continue
+            except RecordNotFound:
+                return
+
+
+_OBSERVED = {
+    "status",
+    "status_code",
+    "status_msg",
+    "ready_instances",
+    "endpoints",
+    "observed_generation",
+    "attempts",
+    "next_attempt_at",
+}

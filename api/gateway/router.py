@@ -1,0 +1,134 @@
+"""The chat-job-executor: forwards OpenAI inference requests to a model's ready instances.
+
+:class:`Gateway` keeps the routing table fresh in the background and proxies a request body
+as it came to the instance the policy picks, streaming the answer back chunk by chunk as it
+arrives. A connection refused before the first byte is retried on the next instance; once
+bytes flow, the stream belongs to that instance. When the client goes away the upstream
+request is closed, which cancels the work in the engine. Admission control and load-aware
+policies plug into :mod:`api.gateway.routing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from api.errors import ModelNotFound, ModelNotReady, UpstreamError
+from api.gateway.routing import RoundRobin, RoutingPolicy, RoutingTable
+from api.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+# Waiting for a first byte can take long under load; connecting to a local or in-cluster
+# instance should not.
+CONNECT_TIMEOUT_S = 5.0
+# Headers that describe one hop's connection, not the answer (RFC 9110 section 7.6.1).
+HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+class UpstreamResponse:
+    """An answer from an instance, still streaming."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
+
+    async def body(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        finally:
+            await self._response.aclose()
+
+
+class Gateway:
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        refresh_interval_s: float,
+        upstream_timeout_s: float,
+        policy: RoutingPolicy | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._store = store
+        self._refresh_interval_s = refresh_interval_s
+        self._policy = policy or RoundRobin()
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(upstream_timeout_s, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self.table = RoutingTable()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        self.table.rebuild(await asyncio.to_thread(self._store.list))
+
+    def notify_change(self) -> None:
+        """Rebuild the table soon: called by the frontend after a write in this process."""
+        self._changed.set()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._refresh_loop(), name="gateway-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._refresh_interval_s)
+            self._changed.clear()
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("routing table refresh failed; keeping the previous table")
+
+    async def forward(self, path: str, request: dict[str, Any], body: bytes) -> UpstreamResponse:
+        """Send ``body`` to an instance of ``request["model"]`` and return its answer."""
+        name = request.get("model")
+        if not isinstance(name, str) or not name:
+            raise ModelNotFound("the request names no model; set 'model'", param="model")
+        route = self.table.lookup(name)
+        if route is None:
+            available = ", ".join(self.table.names()) or "none registered"
+            raise ModelNotFound(
+                f"model {name!r} does not exist; available models: {available}", param="model"
+            )
+        if not route.serving:
+            detail = f": {route.status_msg}" if route.status_msg else ""
+            raise ModelNotReady(
+                f"model {name!r} is {route.status.value} and not serving yet{detail}",
+                param="model",
+            )
+        last_error: Exception | None = None
+        for endpoint in self._policy.order(route, request):
+            upstream = self._client.build_request(
+                "POST",
+                endpoint.url + path,
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            try:
+                response = await self._client.send(upstream, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                logger.warning(
+                    "instance unreachable, trying the next one model=%s instance=%s error=%s",
+                    name, endpoint.instance_id, exc,
+                )  # fmt: skip
+                last_error = exc
+                continue
+            return UpstreamResponse(response)
+        raise UpstreamError(f"no instance of model {name!r} could be reached: {last_error}")

@@ -1,0 +1,44 @@
+"""``/v1/chat/completions`` and ``/v1/completions``: OpenAI-compatible inference.
+
+The body passes through to the instance untouched (unknown fields included); the route only
+reads ``model`` to pick the route, and streams the instance's answer back as it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import GatewayDep
+from api.errors import InvalidRequest, MalformedBody
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+async def _proxy(path: str, request: Request, gateway: GatewayDep) -> StreamingResponse:
+    body = await request.body()
+    try:
+        payload: Any = json.loads(body)
+    except ValueError as exc:
+        raise MalformedBody(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    upstream = await gateway.forward(path, payload, body)
+    return StreamingResponse(
+        upstream.body(), status_code=upstream.status_code, headers=upstream.headers
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, gateway: GatewayDep) -> StreamingResponse:
+    """OpenAI chat completions, streamed (``"stream": true``) or whole."""
+    return await _proxy("/v1/chat/completions", request, gateway)
+
+
+@router.post("/completions")
+async def completions(request: Request, gateway: GatewayDep) -> StreamingResponse:
+    """OpenAI text completions, streamed or whole."""
+    return await _proxy("/v1/completions", request, gateway)

@@ -1,0 +1,215 @@
+"""Public request and response bodies of ``/v1/models``: the product's REST contract.
+
+One schema family per resource: ``ModelCreate`` (register), ``ModelUpdate`` (partial update),
+``ModelPublic`` (a record as users see it), ``ModelEnvelope`` and ``ModelList`` (responses).
+Field rules that need no configuration live here, so the API and ``aif render`` refuse the same
+input with the same words; rules that depend on settings (the ``max_instance`` cap) and on
+the merged record are in :mod:`api.services.models`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from api.records import ModelRecord, ModelStatus, format_timestamp
+from infra.models import load_presets
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX_CHARS = 63
+# A label value on Kubernetes objects (xds/version): at most 63 characters, alphanumeric ends.
+VERSION_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$"
+# A PVC name is a DNS-1123 subdomain.
+PVC_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+ResourceTypeName = Literal["huawei.com/ascend-1980", "nvidia.com/gpu"]
+
+
+def _known_type(value: str) -> str:
+    presets = load_presets()
+    if value not in presets:
+        raise ValueError(f"unknown model type {value!r}; available types: {', '.join(presets)}")
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if value.startswith("/"):
+        raise ValueError("must be a path relative to the PVC root, not an absolute path")
+    if ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    if "\\" in value or "\x00" in value:
+        raise ValueError("must not contain backslashes or NUL characters")
+    return value
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
+ModelType = Annotated[str, AfterValidator(_known_type)]
+InstanceCount = Annotated[int, Field(ge=1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class PvcSpec(_Body):
+    name: str = Field(min_length=1, max_length=253, pattern=PVC_NAME_PATTERN)
+    path: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_relative_path)]
+
+
+class SloSpec(_Body):
+    target_time_to_first_token_p95: float = Field(gt=0, description="milliseconds")
+    target_time_per_output_token_p95: float = Field(gt=0, description="milliseconds")
+
+
+def _check_bounds(min_instance: int | None, max_instance: int | None) -> None:
+    if min_instance is not None and max_instance is not None and min_instance > max_instance:
+        raise ValueError(
+            f"min_instance ({min_instance}) must not be greater than max_instance ({max_instance})"
+        )
+
+
+def check_resource_type(model_type: str, resource_type: str) -> None:
+    preset = load_presets()[model_type]
+    if resource_type not in preset.resources:
+        raise ValueError(
+            f"model type {model_type!r} has no template for resource_type {resource_type!r}; "
+            f"supported: {', '.join(preset.resources)}"
+        )
+
+
+class ModelCreate(_Body):
+    """The body of ``POST /v1/models``."""
+
+    name: ModelName
+    type: ModelType
+    resource_type: ResourceTypeName = "huawei.com/ascend-1980"
+    version: str = Field(default="", max_length=63, pattern=VERSION_PATTERN)
+    max_instance: InstanceCount
+    min_instance: InstanceCount
+    pvc: PvcSpec
+    slo: SloSpec
+    description: str = Field(default="", max_length=2048)
+
+    @field_validator("min_instance")
+    @classmethod
+    def _min_within_max(cls, value: int, info: ValidationInfo) -> int:
+        _check_bounds(value, info.data.get("max_instance"))
+        return value
+
+    @field_validator("resource_type")
+    @classmethod
+    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
+        if "type" in info.data:
+            check_resource_type(info.data["type"], value)
+        return value
+
+
+class ModelUpdate(_Body):
+    """The body of ``PUT /v1/models/{id}``: a partial update; absent fields are kept."""
+
+    type: ModelType | None = None
+    resource_type: ResourceTypeName | None = None
+    version: str | None = Field(default=None, max_length=63, pattern=VERSION_PATTERN)
+    max_instance: InstanceCount | None = None
+    min_instance: InstanceCount | None = None
+    pvc: PvcSpec | None = None
+    slo: SloSpec | None = None
+    description: str | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_is_immutable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" in data:
+            raise ValueError("name cannot be changed; register a new model instead")
+        return data
+
+    @field_validator("*")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            raise ValueError(f"{info.field_name} must not be null")
+        return value
+
+    @field_validator("min_instance")
+    @classmethod
+    def _min_within_max(cls, value: int, info: ValidationInfo) -> int:
+        _check_bounds(value, info.data.get("max_instance"))
+        return value
+
+
+class PvcPublic(BaseModel):
+    name: str
+    path: str
+
+
+class SloPublic(BaseModel):
+    target_time_to_first_token_p95: float
+    target_time_per_output_token_p95: float
+
+
+class ModelPublic(BaseModel):
+    """A registered model as the product shows it."""
+
+    id: str
+    name: str
+    type: str
+    resource_type: str
+    version: str
+    max_instance: int
+    min_instance: int
+    pvc: PvcPublic
+    slo: SloPublic
+    description: str
+    status: ModelStatus
+    status_code: str
+    status_msg: str
+    created_at: datetime
+    updated_at: datetime
+    instances: int = Field(description="desired instances, within [min_instance, max_instance]")
+    ready_instances: int
+
+    @field_serializer("created_at", "updated_at")
+    def _timestamp(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    @classmethod
+    def of(cls, record: ModelRecord) -> ModelPublic:
+        data = record.model_dump(include=set(cls.model_fields) - {"instances"})
+        return cls(**data, instances=record.replicas)
+
+
+class ModelEnvelope(BaseModel):
+    model: ModelPublic
+
+
+class OpenAIModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "aif"
+
+
+class ModelList(BaseModel):
+    """The product's ``{"models": [...]}`` and OpenAI's list shape, in one body."""
+
+    models: list[ModelPublic]
+    object: Literal["list"] = "list"
+    data: list[OpenAIModelCard]
+
+    @classmethod
+    def of(cls, records: list[ModelRecord]) -> ModelList:
+        return cls(
+            models=[ModelPublic.of(r) for r in records],
+            data=[OpenAIModelCard(id=r.name, created=int(r.created_at.timestamp())) for r in records],
+        )

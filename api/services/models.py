@@ -1,0 +1,158 @@
+"""The model registry: register, read, update and delete models in the store.
+
+Requests only record desired state and return; the model-job-executor does the deploying.
+Every write is a read-modify-write under the store's optimistic concurrency, retried on a
+conflict, so an update racing the executor or another request never loses a write. Rules that
+need settings (the ``max_instance`` cap) or the merged record are checked here, before anything
+is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from api.errors import InvalidRequest, ModelConflict, ModelNotFound
+from api.records import ModelRecord, ModelStatus, Pvc, Slo
+from api.schemas import ModelCreate, ModelUpdate, check_resource_type
+from api.store import DuplicateName, ModelStore, RecordNotFound, RevisionConflict
+
+logger = logging.getLogger(__name__)
+
+# A write that loses the race this many times in a row is reported, not retried forever.
+MAX_WRITE_ATTEMPTS = 20
+
+# Fields whose change means the running deployment must change.
+DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
+
+
+def clamp(value: int, lower: int, upper: int) -> int:
+    return max(lower, min(upper, value))
+
+
+class ModelService:
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        max_instance_cap: int,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._max_instance_cap = max_instance_cap
+        self._on_change = on_change
+
+    def _check_cap(self, max_instance: int) -> None:
+        if max_instance > self._max_instance_cap:
+            raise InvalidRequest(
+                f"max_instance: must not be greater than {self._max_instance_cap} "
+                "(the cap this installation allows; AIF_MAX_INSTANCE_CAP)",
+                param="max_instance",
+            )
+
+    def register(self, body: ModelCreate) -> ModelRecord:
+        self._check_cap(body.max_instance)
+        record = ModelRecord(
+            name=body.name,
+            type=body.type,
+            resource_type=body.resource_type,
+            version=body.version,
+            max_instance=body.max_instance,
+            min_instance=body.min_instance,
+            pvc=Pvc(**body.pvc.model_dump()),
+            slo=Slo(**body.slo.model_dump()),
+            description=body.description,
+            replicas=body.min_instance,
+            status=ModelStatus.DEPLOYING,
+            status_msg="waiting for the model-job-executor",
+        )
+        try:
+            stored = self._store.create(record)
+        except DuplicateName as exc:
+            raise ModelConflict(str(exc), param="name") from exc
+        logger.info(
+            "model registered id=%s name=%s type=%s resource_type=%s replicas=%d",
+            stored.id, stored.name, stored.type, stored.resource_type, stored.replicas,
+        )  # fmt: skip
+        self._on_change()
+        return stored
+
+    def get(self, ref: str) -> ModelRecord:
+        """A model by id, or by name when no id matches."""
+        record = self._store.get(ref) or self._store.get_by_name(ref)
+        if record is None:
+            raise ModelNotFound(f"model {ref!r} not found", param="id")
+        return record
+
+    def list(self) -> list[ModelRecord]:
+        return self._store.list()
+
+    def update(self, ref: str, patch: ModelUpdate) -> ModelRecord:
+        changes = patch.model_dump(exclude_unset=True)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            record = self.get(ref)
+            if record.deleting:
+                raise ModelConflict(f"model {record.name!r} is being deleted", param="id")
+            merged = self._merge(record, changes)
+            try:
+                stored = self._store.replace(merged)
+            except RevisionConflict:
+                continue
+            except RecordNotFound as exc:
+                raise ModelNotFound(f"model {ref!r} not found", param="id") from exc
+            logger.info(
+                "model updated id=%s fields=%s generation=%d replicas=%d status=%s",
+                stored.id, sorted(changes), stored.generation, stored.replicas, stored.status,
+            )  # fmt: skip
+            self._on_change()
+            return stored
+        raise ModelConflict(f"model {ref!r} is changing too fast; try again", param="id")
+
+    def _merge(self, record: ModelRecord, changes: dict[str, object]) -> ModelRecord:
+        merged = ModelRecord.model_validate({**record.model_dump(), **changes})
+        if merged.min_instance > merged.max_instance:
+            field = "min_instance" if "min_instance" in changes else "max_instance"
+            raise InvalidRequest(
+                f"{field}: min_instance ({merged.min_instance}) must not be greater than "
+                f"max_instance ({merged.max_instance})",
+                param=field,
+            )
+        self._check_cap(merged.max_instance)
+        try:
+            check_resource_type(merged.type, merged.resource_type)
+        except ValueError as exc:
+            raise InvalidRequest(f"resource_type: {exc}", param="resource_type") from exc
+        merged.replicas = clamp(record.replicas, merged.min_instance, merged.max_instance)
+        if any(getattr(merged, f) != getattr(record, f) for f in DEPLOYMENT_FIELDS):
+            merged.generation = record.generation + 1
+            merged.attempts = 0
+            merged.next_attempt_at = 0.0
+            merged.status = (
+                ModelStatus.UPDATING if record.status is ModelStatus.ACTIVE else ModelStatus.DEPLOYING
+            )
+            merged.status_code = ""
+            merged.status_msg = "waiting for the model-job-executor"
+        merged.touch()
+        return merged
+
+    def delete(self, ref: str) -> ModelRecord:
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            record = self.get(ref)
+            if record.deleting:
+                return record
+            record.status = ModelStatus.DELETING
+            record.status_code = ""
+            record.status_msg = "removing the deployment"
+            record.attempts = 0
+            record.next_attempt_at = 0.0
+            record.touch()
+            try:
+                stored = self._store.replace(record)
+            except RevisionConflict:
+                continue
+            except RecordNotFound as exc:
+                raise ModelNotFound(f"model {ref!r} not found", param="id") from exc
+            logger.info("model deletion requested id=%s name=%s", stored.id, stored.name)
+            self._on_change()
+            return stored
+        raise ModelConflict(f"model {ref!r} is changing too fast; try again", param="id")

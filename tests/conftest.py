@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+from api.store.sqlite import SqliteModelStore
+from tests.fakes import FakeDeployer
+
+
+def register_body(**overrides: Any) -> dict[str, Any]:
+    """The product walkthrough's register body."""
+    body: dict[str, Any] = {
+        "name": "DeepSeek-R1-Distill-Qwen-7B",
+        "type": "DeepSeek-R1-Distill-Qwen-7B",
+        "resource_type": "huawei.com/ascend-1980",
+        "version": "1.0.0",
+        "max_instance": 4,
+        "min_instance": 2,
+        "pvc": {"name": "release-models", "path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+        "slo": {"target_time_to_first_token_p95": 1000, "target_time_per_output_token_p95": 20},
+        "description": "This is model description.",
+    }
+    body.update(overrides)
+    return body
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, step_s: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(step_s)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        reconcile_interval_s=0.05,
+        routing_refresh_s=0.05,
+        backoff_base_s=0.05,
+        backoff_max_s=0.1,
+        max_attempts=3,
+        max_instance_cap=8,
+    )
+
+
+@pytest.fixture
+def deployer() -> FakeDeployer:
+    return FakeDeployer()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[SqliteModelStore]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    s = SqliteModelStore(settings.data_dir / "aif.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(
+    settings: Settings, store: SqliteModelStore, deployer: FakeDeployer
+) -> Iterator[TestClient]:
+    app = create_app(settings, store=store, deployer_factory=lambda _: deployer)
+    with TestClient(app) as c:
+        yield c
