@@ -24,6 +24,7 @@ from api.routes import chat, health, models
 from api.services.models import ModelService
 from api.settings import Settings
 from api.store import ModelStore, open_store
+from scaler import EngineScrapeSource, PolicyConfig, TaskExecutorManager
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,21 @@ def create_app(
                 stack.push_async_callback(gateway.stop)
                 listeners.append(gateway.notify_change)
                 app.state.gateway = gateway
+            if Role.TASK_EXECUTOR_MANAGER in roles:
+                source = EngineScrapeSource()
+                stack.push_async_callback(source.close)
+                manager = TaskExecutorManager(
+                    app_store,
+                    source,
+                    interval_s=settings.scale_interval_s,
+                    policy=PolicyConfig(
+                        upscale_delay_s=settings.scale_upscale_delay_s,
+                        downscale_delay_s=settings.scale_downscale_delay_s,
+                    ),
+                    on_change=notify_all,
+                )
+                await manager.start()
+                stack.push_async_callback(manager.stop)
             logger.info("aif started roles=%s", sorted(r.value for r in roles))
             yield
 

@@ -124,3 +124,7 @@ def render(
         err_console.print(f"[red]invalid model:[/red] {exc}")
         raise typer.Exit(2) from exc
     sys.stdout.write(documents)
+
+
+if __name__ == "__main__":
+    app()

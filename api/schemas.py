@@ -211,5 +211,7 @@ class ModelList(BaseModel):
     def of(cls, records: list[ModelRecord]) -> ModelList:
         return cls(
             models=[ModelPublic.of(r) for r in records],
-            data=[OpenAIModelCard(id=r.name, created=int(r.created_at.timestamp())) for r in records],
+            data=[
+                OpenAIModelCard(id=r.name, created=int(r.created_at.timestamp())) for r in records
+            ],
         )

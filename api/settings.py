@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     routing_refresh_s: float = Field(default=0.5, gt=0)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
 
+    # task-executor-manager: how often latency is read and replicas decided.
+    scale_interval_s: float = Field(default=5.0, gt=0)
+    scale_upscale_delay_s: float = Field(default=10.0, ge=0)
+    scale_downscale_delay_s: float = Field(default=120.0, ge=0)
+
     # Kubernetes runtime (see infra/).
     namespace: str = "aif-models"
     scheduler_name: str = ""
@@ -85,7 +90,3 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def state_dir(self) -> Path:
-        return self.data_dir

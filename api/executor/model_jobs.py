@@ -101,9 +101,13 @@ class ModelJobExecutor:
                 continue
             task = asyncio.create_task(self._reconcile(record.id), name=f"reconcile-{record.id}")
             self._inflight[record.id] = task
-            task.add_done_callback(lambda _, model_id=record.id: self._inflight.pop(model_id))
+            task.add_done_callback(self._finished)
         if wait:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        model_id = task.get_name().removeprefix("reconcile-")
+        self._inflight.pop(model_id, None)
 
     def _wants_work(self, record: ModelRecord, now: float) -> bool:
         if record.status is ModelStatus.FAILED:

@@ -128,7 +128,9 @@ class ModelService:
             merged.attempts = 0
             merged.next_attempt_at = 0.0
             merged.status = (
-                ModelStatus.UPDATING if record.status is ModelStatus.ACTIVE else ModelStatus.DEPLOYING
+                ModelStatus.UPDATING
+                if record.status is ModelStatus.ACTIVE
+                else ModelStatus.DEPLOYING
             )
             merged.status_code = ""
             merged.status_msg = "waiting for the model-job-executor"

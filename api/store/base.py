@@ -61,7 +61,13 @@ class ModelStore(Protocol):
         ...
 
     def delete(self, model_id: str, revision: int) -> None:
-        """Remove the record if its revision is ``revision``. Raises RevisionConflict."""
+        """Remove the record if its revision is ``revision``.
+
+        Raises RevisionConflict when the stored revision differs, RecordNotFound when the
+        record is already gone.
+        """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...

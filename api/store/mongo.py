@@ -1,0 +1,172 @@
+"""The MongoDB model store, used when ``AIF_MONGODB_URL`` is set.
+
+One document per record in one collection: ``_id`` is the record's id, ``name`` carries a
+unique index, and the remaining fields are the record's own. Timestamps are stored as BSON
+dates, which hold milliseconds, so the store truncates them to the millisecond before writing
+and reads them back as UTC; what a write returns is exactly what a later read returns. Writes
+are compare-and-set with the filter ``{_id, revision}``.
+
+:meth:`MongoModelStore.from_url` builds the client with the options the control plane wants
+(bounded server selection, retryable writes, majority write concern); the constructor takes
+any client, so tests can pass a fake at the pymongo boundary. The store owns its client and
+closes it in :meth:`MongoModelStore.close`.
+
+Left to others: choosing the store (:func:`api.store.open_store`), retrying on
+:class:`~api.store.base.RevisionConflict` (the callers), and the embedded store
+(:mod:`api.store.sqlite`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pymongo
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from api.records import ModelRecord
+from api.store.base import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+
+logger = logging.getLogger(__name__)
+
+# Fail startup within seconds when the server is unreachable, rather than pymongo's 30 s.
+SERVER_SELECTION_TIMEOUT_MS = 5_000
+CONNECT_TIMEOUT_MS = 5_000
+# Client options the control plane wants; an option spelled in the URL wins over these.
+DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+    "connectTimeoutMS": CONNECT_TIMEOUT_MS,
+    # One failover during a write is retried once by the driver instead of failing the request.
+    "retryWrites": True,
+    # An acknowledged write must survive the primary stepping down.
+    "w": "majority",
+    "tz_aware": True,
+    "appname": "aif",
+}
+
+Document = dict[str, Any]
+
+_TIMESTAMP_FIELDS = ("created_at", "updated_at")
+
+
+def _to_millisecond(moment: datetime) -> datetime:
+    """UTC, truncated to what a BSON date holds (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _to_document(record: ModelRecord) -> Document:
+    document = record.model_dump(mode="json", exclude={"id"})
+    for field in _TIMESTAMP_FIELDS:
+        document[field] = _to_millisecond(getattr(record, field))
+    return {"_id": record.id, **document}
+
+
+def _from_document(document: Document) -> ModelRecord:
+    fields = dict(document)
+    fields["id"] = fields.pop("_id")
+    for field in _TIMESTAMP_FIELDS:
+        moment = fields.get(field)
+        # A client built without tz_aware hands back naive datetimes that are UTC.
+        if isinstance(moment, datetime) and moment.tzinfo is None:
+            fields[field] = moment.replace(tzinfo=UTC)
+    return ModelRecord.model_validate(fields)
+
+
+class MongoModelStore:
+    """A :class:`~api.store.base.ModelStore` in the collection ``database.collection``."""
+
+    def __init__(
+        self,
+        client: pymongo.MongoClient[Document],
+        database: str = "aif",
+        collection: str = "models",
+    ) -> None:
+        self._client = client
+        self._collection: Collection[Document] = client[database][collection]
+        try:
+            self._collection.create_indexes(
+                [
+                    pymongo.IndexModel([("name", pymongo.ASCENDING)], unique=True, name="name"),
+                    pymongo.IndexModel(
+                        [("created_at", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)],
+                        name="created_at",
+                    ),
+                ]
+            )
+        except BaseException:
+            client.close()
+            raise
+        logger.info("model store: mongodb collection %s.%s", database, collection)
+
+    @classmethod
+    def from_url(cls, url: str, database: str = "aif") -> MongoModelStore:
+        """Connect to ``url`` with :data:`DEFAULT_CLIENT_OPTIONS` where the URL sets none."""
+        in_url = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
+        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in in_url}
+        client: pymongo.MongoClient[Document] = pymongo.MongoClient(url, **options)
+        return cls(client, database=database)
+
+    def create(self, record: ModelRecord) -> ModelRecord:
+        document = _to_document(record.model_copy(update={"revision": 1}))
+        try:
+            self._collection.insert_one(document)
+        except DuplicateKeyError as exc:
+            raise self._duplicate(exc, record) from exc
+        return _from_document(document)
+
+    def get(self, model_id: str) -> ModelRecord | None:
+        document = self._collection.find_one({"_id": model_id})
+        return None if document is None else _from_document(document)
+
+    def get_by_name(self, name: str) -> ModelRecord | None:
+        document = self._collection.find_one({"name": name})
+        return None if document is None else _from_document(document)
+
+    def list(self) -> list[ModelRecord]:
+        cursor = self._collection.find(
+            {}, sort=[("created_at", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
+        )
+        return [_from_document(document) for document in cursor]
+
+    def replace(self, record: ModelRecord) -> ModelRecord:
+        document = _to_document(record.model_copy(update={"revision": record.revision + 1}))
+        try:
+            result = self._collection.replace_one(
+                {"_id": record.id, "revision": record.revision}, document
+            )
+        except DuplicateKeyError as exc:
+            raise self._duplicate(exc, record) from exc
+        if result.matched_count == 0:
+            raise self._miss(record.id)
+        return _from_document(document)
+
+    def delete(self, model_id: str, revision: int) -> None:
+        result = self._collection.delete_one({"_id": model_id, "revision": revision})
+        if result.deleted_count == 0:
+            raise self._miss(model_id)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _miss(self, model_id: str) -> StoreError:
+        """Why a compare-and-set matched nothing: the record is gone, or it changed."""
+        exists = self._collection.find_one({"_id": model_id}, projection={"_id": True})
+        return RevisionConflict(model_id) if exists is not None else RecordNotFound(model_id)
+
+    def _duplicate(self, exc: DuplicateKeyError, record: ModelRecord) -> StoreError:
+        """Which unique key a write broke: the server says so; a fake may not, so ask."""
+        key_pattern = (exc.details or {}).get("keyPattern")
+        if key_pattern is not None:
+            taken = "name" in key_pattern
+        else:
+            other = {"name": record.name, "_id": {"$ne": record.id}}
+            taken = self._collection.find_one(other, projection={"_id": True}) is not None
+        if taken:
+            return DuplicateName(record.name)
+        return StoreError(f"model {record.id} cannot be stored: {exc}")

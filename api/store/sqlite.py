@@ -1,0 +1,219 @@
+"""The embedded model store: one SQLite file on local disk, no server.
+
+This is the default store (``AIF_MONGODB_URL`` unset). It survives restarts, is safe from many
+threads (the FastAPI threadpool, the reconciler's workers) and from several processes sharing
+the file (``aif frontend`` and ``aif model-job-executor`` started on the same data dir): the
+database runs in WAL mode so readers never wait for a writer, and writers wait up to a busy
+timeout for each other instead of failing.
+
+Each record is one row: ``id`` (primary key), ``name`` (unique), ``revision``, ``created_at``
+(for ordering) and the whole record as JSON in ``document``. Every write is a single
+statement, so compare-and-set on ``revision`` needs no explicit transaction. Connections come
+from a small pool, one per concurrent caller, so reads run in parallel.
+
+Left to others: choosing the store and its location (:func:`api.store.open_store`), retrying
+on :class:`~api.store.base.RevisionConflict` (the callers), and the MongoDB store
+(:mod:`api.store.mongo`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from api.records import ModelRecord
+from api.store.base import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+
+logger = logging.getLogger(__name__)
+
+# Long enough to ride out another process's write (each is one short statement), short
+# enough that a stuck holder surfaces as an error rather than a hung request.
+BUSY_TIMEOUT_S = 10.0
+# Above the FastAPI threadpool size (40), so steady load never closes and reopens connections.
+MAX_IDLE_CONNECTIONS = 64
+# Bumped when the table layout changes; a file written by a newer aif is refused.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    revision INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS models_by_created_at ON models (created_at, id);
+"""
+
+
+def _order_key(moment: datetime) -> str:
+    """Fixed-width UTC text, so SQLite's string order is time order (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _ConnectionPool:
+    """Hands each caller a connection of its own; idle connections are kept for reuse."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT_S,
+            # Autocommit: every statement is its own transaction.
+            isolation_level=None,
+            # A pooled connection moves between threads, but only one uses it at a time.
+            check_same_thread=False,
+        )
+        try:
+            # FULL: a model the API acknowledged must survive a power loss, not only a crash.
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the model store is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class SqliteModelStore:
+    """A :class:`~api.store.base.ModelStore` in one SQLite file at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = _ConnectionPool(path)
+        try:
+            with self._pool.connection() as conn:
+                self._prepare(conn)
+        except BaseException:
+            self._pool.close()
+            raise
+        logger.info("model store: sqlite file %s", path)
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # WAL is a property of the file: set once, every later connection uses it.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this aif knows {SCHEMA_VERSION}"
+            )
+        conn.executescript(_SCHEMA)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def create(self, record: ModelRecord) -> ModelRecord:
+        stored = record.model_copy(update={"revision": 1}, deep=True)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "INSERT INTO models (id, name, revision, created_at, document)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        stored.id,
+                        stored.name,
+                        stored.revision,
+                        _order_key(stored.created_at),
+                        stored.model_dump_json(),
+                    ),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise self._unique_violation(exc, stored) from exc
+        return stored
+
+    def get(self, model_id: str) -> ModelRecord | None:
+        return self._fetch_one("SELECT document FROM models WHERE id = ?", model_id)
+
+    def get_by_name(self, name: str) -> ModelRecord | None:
+        return self._fetch_one("SELECT document FROM models WHERE name = ?", name)
+
+    def list(self) -> list[ModelRecord]:
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT document FROM models ORDER BY created_at, id").fetchall()
+        return [ModelRecord.model_validate_json(document) for (document,) in rows]
+
+    def replace(self, record: ModelRecord) -> ModelRecord:
+        stored = record.model_copy(update={"revision": record.revision + 1}, deep=True)
+        try:
+            with self._pool.connection() as conn:
+                cursor = conn.execute(
+                    "UPDATE models SET name = ?, revision = ?, created_at = ?, document = ?"
+                    " WHERE id = ? AND revision = ?",
+                    (
+                        stored.name,
+                        stored.revision,
+                        _order_key(stored.created_at),
+                        stored.model_dump_json(),
+                        record.id,
+                        record.revision,
+                    ),
+                )
+                if cursor.rowcount == 0:
+                    raise self._miss(conn, record.id)
+        except sqlite3.IntegrityError as exc:
+            raise self._unique_violation(exc, stored) from exc
+        return stored
+
+    def delete(self, model_id: str, revision: int) -> None:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM models WHERE id = ? AND revision = ?", (model_id, revision)
+            )
+            if cursor.rowcount == 0:
+                raise self._miss(conn, model_id)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _fetch_one(self, query: str, key: str) -> ModelRecord | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(query, (key,)).fetchone()
+        return None if row is None else ModelRecord.model_validate_json(row[0])
+
+    @staticmethod
+    def _miss(conn: sqlite3.Connection, model_id: str) -> StoreError:
+        """Why a compare-and-set touched no row: the record is gone, or it changed."""
+        exists = conn.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone()
+        return RevisionConflict(model_id) if exists else RecordNotFound(model_id)
+
+    @staticmethod
+    def _unique_violation(exc: sqlite3.IntegrityError, record: ModelRecord) -> StoreError:
+        if "models.name" in str(exc):
+            return DuplicateName(record.name)
+        return StoreError(f"model {record.id} cannot be stored: {exc}")

@@ -1,0 +1,24 @@
+"""The task-executor-manager: keeps each model's p95 latency under its SLO within its bounds.
+
+- :mod:`scaler.metrics`: where latency percentiles come from (``MetricsSource``), today the
+  engines' own ``/metrics`` scraped directly.
+- :mod:`scaler.policy`: the decision as a pure function of a context and a state.
+- :mod:`scaler.manager`: the loop that fetches, decides and writes desired replicas to the
+  store, where the model-job-executor picks them up.
+"""
+
+from scaler.manager import TaskExecutorManager
+from scaler.metrics import EngineScrapeSource, LatencySnapshot, MetricsSource
+from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
+
+__all__ = [
+    "Decision",
+    "EngineScrapeSource",
+    "LatencySnapshot",
+    "MetricsSource",
+    "PolicyConfig",
+    "ScalingContext",
+    "ScalingState",
+    "TaskExecutorManager",
+    "decide",
+]

@@ -1,0 +1,109 @@
+"""The task-executor-manager's loop: fetch percentiles, decide, write desired replicas.
+
+For every ``ACTIVE`` model, on each interval: read a :class:`~scaler.metrics.LatencySnapshot`
+from the source, step the pure policy (:func:`scaler.policy.decide`), and when the decision
+differs from the desired replicas write it to the store (bumping the generation, so the
+model-job-executor deploys it). The loop survives every fetch and write error; one log line
+per scaling decision carries every input that led to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from api.records import ModelRecord, ModelStatus
+from api.store import ModelStore, RecordNotFound, RevisionConflict
+from scaler.metrics import MetricsSource
+from scaler.policy import PolicyConfig, ScalingContext, ScalingState, decide
+
+logger = logging.getLogger(__name__)
+
+
+class TaskExecutorManager:
+    def __init__(
+        self,
+        store: ModelStore,
+        source: MetricsSource,
+        *,
+        interval_s: float,
+        policy: PolicyConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._interval_s = interval_s
+        self._policy = policy or PolicyConfig()
+        self._clock = clock
+        self._on_change = on_change
+        self._states: dict[str, ScalingState] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="task-executor-manager")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                logger.exception("scaling pass failed; the next pass retries")
+            await asyncio.sleep(self._interval_s)
+
+    async def run_once(self) -> None:
+        records = await asyncio.to_thread(self._store.list)
+        active = {r.id for r in records if r.status is ModelStatus.ACTIVE}
+        self._states = {k: v for k, v in self._states.items() if k in active}
+        for record in records:
+            if record.status is ModelStatus.ACTIVE:
+                await self._scale(record)
+
+    async def _scale(self, record: ModelRecord) -> None:
+        snapshot = await self._source.fetch(record)
+        ctx = ScalingContext(
+            now=self._clock(),
+            replicas=record.replicas,
+            min_instance=record.min_instance,
+            max_instance=record.max_instance,
+            ttft_target_ms=record.slo.target_time_to_first_token_p95,
+            tpot_target_ms=record.slo.target_time_per_output_token_p95,
+            snapshot=snapshot,
+        )
+        state = self._states.get(record.id, ScalingState())
+        decision, self._states[record.id] = decide(ctx, state, self._policy)
+        if decision.replicas == record.replicas:
+            return
+        logger.info(
+            "scaling decision model=%s name=%s from=%d to=%d reason=%r ratio=%s ttft_p95_ms=%s "
+            "tpot_p95_ms=%s waiting=%s targets_ms=(%s, %s) bounds=[%d, %d]",
+            record.id, record.name, record.replicas, decision.replicas, decision.reason,
+            decision.ratio, snapshot and snapshot.ttft_p95_ms, snapshot and snapshot.tpot_p95_ms,
+            snapshot and snapshot.waiting, ctx.ttft_target_ms, ctx.tpot_target_ms,
+            ctx.min_instance, ctx.max_instance,
+        )  # fmt: skip
+        await asyncio.to_thread(self._write_replicas, record, decision.replicas)
+
+    def _write_replicas(self, seen: ModelRecord, replicas: int) -> None:
+        try:
+            record = self._store.get(seen.id)
+            if record is None or record.generation != seen.generation:
+                return  # the model changed meanwhile; the next pass decides afresh
+            record.replicas = max(record.min_instance, min(record.max_instance, replicas))
+            record.generation += 1
+            record.status = ModelStatus.UPDATING
+            record.status_msg = f"scaling to {record.replicas} instances"
+            record.touch()
+            self._store.replace(record)
+            self._on_change()
+        except (RevisionConflict, RecordNotFound):
+            logger.info("model %s changed while scaling; the next pass decides again", seen.id)

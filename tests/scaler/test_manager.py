@@ -1,0 +1,68 @@
+"""The task-executor-manager's loop writes its decisions to the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.records import ModelRecord, ModelStatus, Pvc, Slo
+from api.store.sqlite import SqliteModelStore
+from scaler import LatencySnapshot, PolicyConfig, TaskExecutorManager
+
+
+class FixedSource:
+    def __init__(self, snapshot: LatencySnapshot | None) -> None:
+        self.snapshot = snapshot
+        self.fetched: list[str] = []
+
+    async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
+        self.fetched.append(record.name)
+        return self.snapshot
+
+
+def _record(status: ModelStatus, name: str = "m") -> ModelRecord:
+    return ModelRecord(
+        name=name, type="QwQ-32B", resource_type="huawei.com/ascend-1980",
+        max_instance=4, min_instance=1, replicas=1, status=status,
+        pvc=Pvc(name="release-models", path="Qwen/QwQ-32B"),
+        slo=Slo(target_time_to_first_token_p95=1000, target_time_per_output_token_p95=20),
+    )  # fmt: skip
+
+
+async def test_breach_raises_desired_replicas(tmp_path: Path) -> None:
+    store = SqliteModelStore(tmp_path / "aif.db")
+    active = store.create(_record(ModelStatus.ACTIVE))
+    deploying = store.create(_record(ModelStatus.DEPLOYING, name="other"))
+    now = [0.0]
+    changes: list[int] = []
+    manager = TaskExecutorManager(
+        store,
+        FixedSource(LatencySnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)),
+        interval_s=1,
+        policy=PolicyConfig(upscale_delay_s=5),
+        clock=lambda: now[0],
+        on_change=lambda: changes.append(1),
+    )
+    await manager.run_once()
+    assert store.get(active.id).replicas == 1  # type: ignore[union-attr]
+    now[0] = 5
+    await manager.run_once()
+    scaled = store.get(active.id)
+    assert scaled is not None
+    assert scaled.replicas == 2
+    assert scaled.status is ModelStatus.UPDATING
+    assert scaled.generation == active.generation + 1
+    assert changes == [1]
+    assert store.get(deploying.id).replicas == 1  # type: ignore[union-attr]
+    store.close()
+
+
+async def test_unreadable_metrics_change_nothing(tmp_path: Path) -> None:
+    store = SqliteModelStore(tmp_path / "aif.db")
+    active = store.create(_record(ModelStatus.ACTIVE))
+    source = FixedSource(None)
+    manager = TaskExecutorManager(store, source, interval_s=1, clock=lambda: 1000.0)
+    await manager.run_once()
+    await manager.run_once()
+    assert source.fetched == ["m", "m"]
+    assert store.get(active.id).revision == active.revision  # type: ignore[union-attr]
+    store.close()
