@@ -14,14 +14,16 @@ with it: the throughput figure is a floor.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,27 +83,67 @@ def register_to_active(url: str, count: int) -> list[float]:
     return latencies
 
 
-async def get_load(url: str, model_id: str, clients: int, duration_s: float) -> list[float]:
+def paced_get_load(
+    port: int, path: str, clients: int, rate_per_s: float, duration_s: float
+) -> tuple[list[float], float]:
+    """``clients`` keep-alive connections sharing ``rate_per_s`` requests a second, open-loop.
+
+    Each client sends on its own schedule whatever the previous answer took, so a slow answer
+    shows up as latency instead of lowering the offered load. Plain ``http.client`` on
+    threads: the lightest client the standard library has, so the load generator takes as
+    little of the CPU it shares with the server as it can.
+    """
     latencies: list[float] = []
-    deadline = time.perf_counter() + duration_s
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+    lock = threading.Lock()
+    interval_s = clients / rate_per_s
+    started_at = time.perf_counter() + 0.2
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.get(f"/v1/models/{model_id}")
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - started)
+    def worker(offset_s: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        due = started_at + offset_s
+        mine = []
+        while due < started_at + duration_s:
+            time.sleep(max(0.0, due - time.perf_counter()))
+            sent = time.perf_counter()
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"GET {path} answered {response.status}")
+            mine.append(time.perf_counter() - sent)
+            due += interval_s
+        conn.close()
+        with lock:
+            latencies.extend(mine)
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return latencies
+    threads = [
+        threading.Thread(target=worker, args=(i * interval_s / clients,)) for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - started_at
+
+
+def closed_loop_with_wrk(url: str, clients: int, duration_s: float) -> str:
+    """Saturation throughput from ``wrk`` (Debian package), when it is installed."""
+    if shutil.which("wrk") is None:
+        return "wrk not installed (apt-get install wrk): saturation throughput not measured"
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{duration_s:.0f}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rate = next(line for line in out.splitlines() if line.startswith("Requests/sec"))
+    p99 = next(line for line in out.splitlines() if line.strip().startswith("99%"))
+    return f"{rate.split()[-1]} req/s, p99 {p99.split()[-1]}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registrations", type=int, default=20)
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=500.0, help="offered GET req/s")
     parser.add_argument("--duration-s", type=float, default=10.0)
     args = parser.parse_args()
 
@@ -122,12 +164,20 @@ def main() -> None:
 
             model = httpx.post(f"{url}/v1/models", json={**BODY, "name": "bench-get"}).json()
             model_id = model["model"]["id"]
-            asyncio.run(get_load(url, model_id, args.clients, 1.0))  # warm-up
-            lat = asyncio.run(get_load(url, model_id, args.clients, args.duration_s))
+            path = f"/v1/models/{model_id}"
+            paced_get_load(port, path, args.clients, args.rate, 1.0)  # warm-up
+            lat, took_s = paced_get_load(port, path, args.clients, args.rate, args.duration_s)
             print(
-                f"GET /v1/models/{{id}} at {args.clients} clients: "
-                f"{len(lat) / args.duration_s:.0f} req/s, p50 {_percentile(lat, 0.5) * 1000:.1f} ms, "
+                f"GET /v1/models/{{id}}, {args.clients} clients offering {args.rate:.0f} req/s: "
+                f"served {len(lat) / took_s:.0f} req/s, p50 {_percentile(lat, 0.5) * 1000:.1f} ms, "
                 f"p99 {_percentile(lat, 0.99) * 1000:.1f} ms (target >= 500 req/s, p99 < 20 ms)"
+            )
+            saturation = closed_loop_with_wrk(
+                f"{url}/v1/models/{model_id}", args.clients, args.duration_s
+            )
+            print(
+                f"GET /v1/models/{{id}} saturation, {args.clients} closed-loop clients: "
+                f"{saturation}"
             )
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -44,5 +44,8 @@ class FakeDeployer:
         self.running.pop(model_id, None)
         return True
 
+    async def recover(self) -> int:
+        return 0
+
     async def close(self) -> None:
         self.closed = True

@@ -78,6 +78,10 @@ class Deployer(Protocol):
         """Tear down everything of the model; True when nothing of it is left."""
         ...
 
+    async def recover(self) -> int:
+        """At start-up: clean up what an earlier, crashed process left; returns how many."""
+        ...
+
     async def close(self) -> None:
         """Release what the deployer holds (local engines are stopped)."""
         ...

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # At most this many models are reconciled at once by one executor: deployer calls may block
 # for a while (a Pulumi update), and the rest of the models must not starve behind them.
 MAX_CONCURRENT_MODELS = 8
+# While a deployment is progressing, look again this soon: readiness should show in the
+# status within a fraction of a second, not a whole interval later.
+PROGRESS_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class ModelJobExecutor:
             await asyncio.to_thread(self._record_failure, record, error, state)
             return
         await asyncio.to_thread(self._record_observation, spec, state)
+        if state.phase is Phase.PROGRESSING:
+            asyncio.get_running_loop().call_later(PROGRESS_POLL_S, self._changed.set)
 
     async def _tear_down(self, record: ModelRecord) -> None:
         gone = await self._deployer.remove(record.id)

@@ -1,0 +1,534 @@
+"""LocalDeployer: every model instance is one engine process on this machine.
+
+:meth:`LocalDeployer.apply` keeps exactly ``spec.replicas`` engines running the spec's command:
+it reaps engines that exited and starts replacements, starts new instances on free ports of
+``127.0.0.1``, stops the newest on scale-down, and replaces every instance when the command
+changes (model type, served name, weights ...). A generation bump that leaves the command as it
+was keeps the running engines. Each call probes every engine's health route once and reports
+``READY`` when all desired instances answer, ``PROGRESSING`` ("2/3 instances ready") before.
+It returns promptly: engines start in the background and stopped engines are reaped by tasks.
+Failures stick until the generation changes: an engine that keeps exiting soon after start
+gives ``FAILED``/``EngineCrashed`` and one not ready within ``engine_ready_timeout_s`` gives
+``FAILED``/``EngineStartTimeout``, both with the tail of the engine's log.
+
+No engine outlives aif:
+
+- Engines start in a session of their own (stops reach the engine's own children, a
+  terminal's Ctrl-C does not) and, on Linux, with ``PR_SET_PDEATHSIG=SIGKILL``, so the kernel
+  kills them when aif dies, even by ``kill -9``. The kernel sends that signal when the *thread*
+  that forked exits, so engines are spawned on the event-loop thread, never an executor thread.
+- Every instance is recorded in ``<data_dir>/engines/<model_id>/<instance_id>.json`` (pid, port,
+  psutil create_time, argv, generation, owning aif process), its output in the ``.log`` beside
+  it. On first use (or :meth:`LocalDeployer.recover`) a deployer reads the records whose owner
+  is gone, kills the recorded engines still alive whose create_time and command line match (a
+  reused pid never matches) and deletes the records. Logs of crashed engines are kept, a few
+  per model, until the model is removed.
+
+Left to others: how many replicas to run (the executor and the scaler), routing requests to
+endpoints (the gateway), and each engine kind's command line (:mod:`api.engine.launch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
+from api.engine.launch import ENGINE_HOST, engine_command, engine_env, health_path
+from api.records import Endpoint
+from api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CommandBuilder = Callable[[str, DeploymentSpec, int, list[str]], list[str]]
+
+HEALTH_TIMEOUT_S = 1.0  # apply probes every engine; one stuck engine must not stall the pass
+UNHEALTHY_AFTER_PROBES = 3  # a busy engine may miss a probe; three misses take it out of rotation
+EARLY_EXIT_S = 60.0  # an exit this soon after start counts towards a crash loop
+CRASH_LOOP_EXITS_PER_INSTANCE = 3  # tries per desired instance within the window before FAILED
+CRASH_LOOP_WINDOW_S = 600.0  # early exits older than this are forgiven
+STOP_GRACE_S = 5.0  # SIGTERM to SIGKILL: time for an engine to finish its responses and exit
+KILL_WAIT_S = 2.0  # after SIGKILL only an engine stuck in the kernel takes longer
+POLL_S = 0.05  # how often a stop checks whether the engine has gone
+CREATE_TIME_TOLERANCE_S = 0.05  # psutil start times are in clock ticks (10 ms)
+LOG_TAIL_BYTES = 2000  # enough for a traceback's last frames in a status message
+KEPT_CRASH_LOGS = 5  # per model: logs of exited engines kept for diagnosis
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@dataclass
+class _Instance:
+    instance_id: str
+    port: int
+    process: subprocess.Popen[bytes]
+    command_key: tuple[str, ...]
+    started_at: float  # time.monotonic()
+    record_path: Path
+    ready: bool = False
+    ever_ready: bool = False
+    failed_probes: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{ENGINE_HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.record_path.with_suffix(".log")
+
+
+@dataclass
+class _Model:
+    instances: list[_Instance] = field(default_factory=list)  # oldest first
+    generation: int = 0
+    early_exits: list[float] = field(default_factory=list)  # time.monotonic() of each
+    failure: DeploymentState | None = None
+    stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    unstoppable: list[_Instance] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LocalDeployer:
+    """The embedded deployer: engine processes on this machine (see the module docstring).
+
+    ``command_builder(engine, spec, port, extra_args)`` gives an engine's argv; by default
+    :func:`api.engine.launch.engine_command` with weights under ``settings.data_dir``.
+    """
+
+    def __init__(self, settings: Settings, command_builder: CommandBuilder | None = None) -> None:
+        self._settings = settings
+        self._build: CommandBuilder = command_builder or functools.partial(
+            engine_command, data_dir=settings.data_dir
+        )
+        self._root = settings.data_dir / "engines"
+        self._models: dict[str, _Model] = {}
+        self._client: httpx.AsyncClient | None = None
+        me = psutil.Process()
+        self._owner = {"owner_pid": me.pid, "owner_create_time": me.create_time()}
+        self._recovered = False
+        self._recover_lock = asyncio.Lock()
+
+    async def apply(self, spec: DeploymentSpec) -> DeploymentState:
+        await self.recover()
+        while True:
+            model = self._models.setdefault(spec.model_id, _Model())
+            async with model.lock:
+                if self._models.get(spec.model_id) is model:  # else removed while we waited
+                    return await self._apply(spec, model)
+
+    async def remove(self, model_id: str) -> bool:
+        await self.recover()
+        model = self._models.get(model_id)
+        if model is not None:
+            async with model.lock:
+                if not await self._stop_all(model_id, model, "remove"):
+                    return False
+                del self._models[model_id]
+        _delete_logs(self._root / model_id)
+        return True
+
+    async def close(self) -> None:
+        for model_id, model in list(self._models.items()):
+            async with model.lock:
+                await self._stop_all(model_id, model, "close")
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def recover(self) -> int:
+        """Kill engines left by a dead aif process and drop stale records; once per deployer.
+
+        Runs on first use; call it at startup to clean up before any model is applied.
+        Returns how many engines it killed.
+        """
+        async with self._recover_lock:
+            if self._recovered:
+                return 0
+            self._recovered = True
+            paths = sorted(self._root.glob("*/*.json"))
+            killed = sum(await asyncio.gather(*(self._recover_record(p) for p in paths)))
+            for directory in self._root.glob("*"):
+                _prune_logs(directory, keep=KEPT_CRASH_LOGS, live=_recorded(directory))
+            return killed
+
+    async def _apply(self, spec: DeploymentSpec, model: _Model) -> DeploymentState:
+        replicas = max(spec.replicas, 0)
+        key = tuple(self._build(self._settings.engine, spec, 0, self._settings.engine_args))
+        if model.generation != spec.generation:
+            model.generation, model.failure, model.early_exits = spec.generation, None, []
+        exited = self._reap(spec.model_id, model, replicas)
+        stale = [i for i in model.instances if i.command_key != key]
+        if stale:
+            self._stop_later(spec.model_id, model, stale, "command changed")
+        if len(model.instances) > replicas:
+            self._stop_later(spec.model_id, model, model.instances[replicas:], "scale down")
+        await self._probe(model)
+        self._check_start_timeouts(spec.model_id, model)
+        if model.failure is None:
+            reason = "replace exited" if exited else "rollout" if stale else "scale up"
+            for _ in range(replicas - len(model.instances)):
+                self._start(spec, model, key, reason, replicas)
+        endpoints = tuple(
+            Endpoint(instance_id=i.instance_id, url=i.url, ready=i.ready) for i in model.instances
+        )
+        ready = sum(i.ready for i in model.instances)
+        if model.failure is not None:
+            return replace(model.failure, ready_replicas=ready, endpoints=endpoints)
+        phase = Phase.READY if ready == replicas == len(model.instances) else Phase.PROGRESSING
+        return DeploymentState(phase, ready, endpoints, f"{ready}/{replicas} instances ready")
+
+    def _start(
+        self, spec: DeploymentSpec, model: _Model, key: tuple[str, ...], reason: str, replicas: int
+    ) -> None:
+        instance_id = secrets.token_hex(4)
+        port = _free_port(taken={i.port for m in self._models.values() for i in m.instances})
+        argv = self._build(self._settings.engine, spec, port, self._settings.engine_args)
+        record_path = self._root / spec.model_id / f"{instance_id}.json"
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **engine_env(self._settings.engine, spec)}
+        try:
+            process = _spawn(argv, record_path.with_suffix(".log"), env)
+        except OSError as exc:
+            raise DeployerError(f"cannot run {argv[0]}: {exc}", "EngineStartFailed") from exc
+        try:
+            create_time = psutil.Process(process.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0  # already gone: the next pass reaps it
+        record = {"model_id": spec.model_id, "instance_id": instance_id, "pid": process.pid,
+                  "port": port, "create_time": create_time, "argv": argv,
+                  "generation": spec.generation, **self._owner}  # fmt: skip
+        model.instances.append(
+            _Instance(instance_id, port, process, key, time.monotonic(), record_path)
+        )
+        try:
+            _write_json(record_path, record)
+        except OSError as exc:  # the engine still dies with aif; only recovery needs the record
+            _log(logging.WARNING, "engine record not written", path=str(record_path), error=exc)
+        _log(logging.INFO, "engine start", model_id=spec.model_id, instance_id=instance_id,
+             pid=process.pid, port=port, generation=spec.generation, reason=reason,
+             replicas=replicas, live=len(model.instances), argv=argv)  # fmt: skip
+
+    def _reap(self, model_id: str, model: _Model, replicas: int) -> int:
+        """Forget engines that exited; a crash loop sets the model's failure."""
+        now = time.monotonic()
+        exited = [i for i in model.instances if i.process.poll() is not None]
+        for inst in exited:
+            model.instances.remove(inst)
+            inst.record_path.unlink(missing_ok=True)
+            uptime_s = now - inst.started_at
+            if uptime_s < EARLY_EXIT_S:
+                model.early_exits.append(now)
+            model.early_exits = [t for t in model.early_exits if now - t < CRASH_LOOP_WINDOW_S]
+            limit = CRASH_LOOP_EXITS_PER_INSTANCE * max(replicas, 1)
+            if len(model.early_exits) >= limit and model.failure is None:
+                model.failure = DeploymentState(
+                    Phase.FAILED,
+                    reason="EngineCrashed",
+                    message=f"engine exited {len(model.early_exits)} times soon after start "
+                    f"(last: instance {inst.instance_id}, exit code {inst.process.returncode}); "
+                    f"log tail:\n{_log_tail(inst.log_path)}",
+                )
+            _log(logging.WARNING, "engine exited", model_id=model_id,
+                 instance_id=inst.instance_id, pid=inst.process.pid,
+                 exit_code=inst.process.returncode, uptime_s=round(uptime_s, 1),
+                 early_exits=len(model.early_exits), limit=limit,
+                 decision="give up" if model.failure else "replace")  # fmt: skip
+        if exited:
+            live = {i.instance_id for i in model.instances}
+            _prune_logs(self._root / model_id, keep=KEPT_CRASH_LOGS, live=live)
+        return len(exited)
+
+    async def _probe(self, model: _Model) -> None:
+        if self._client is None:
+            # trust_env=False: a proxy from the environment must not sit between aif and 127.0.0.1.
+            self._client = httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, trust_env=False)
+        client, path = self._client, health_path(self._settings.engine)
+        instances = list(model.instances)
+        results = await asyncio.gather(*(_healthy(client, i.url + path) for i in instances))
+        for inst, ok in zip(instances, results, strict=True):
+            inst.failed_probes = 0 if ok else inst.failed_probes + 1
+            if ok:
+                inst.ready = inst.ever_ready = True
+            elif inst.ready and inst.failed_probes >= UNHEALTHY_AFTER_PROBES:
+                inst.ready = False
+                _log(logging.WARNING, "engine unhealthy", instance_id=inst.instance_id,
+                     url=inst.url, failed_probes=inst.failed_probes)  # fmt: skip
+
+    def _check_start_timeouts(self, model_id: str, model: _Model) -> None:
+        timeout_s = self._settings.engine_ready_timeout_s
+        now = time.monotonic()
+        late = [i for i in model.instances if not i.ever_ready and now - i.started_at > timeout_s]
+        if late and model.failure is None:
+            model.failure = DeploymentState(
+                Phase.FAILED,
+                reason="EngineStartTimeout",
+                message=f"instance {late[0].instance_id} not healthy {timeout_s:g}s after start; "
+                f"log tail:\n{_log_tail(late[0].log_path)}",
+            )
+        if late:
+            self._stop_later(model_id, model, late, f"not ready in {timeout_s:g}s", keep=True)
+
+    def _stop_later(
+        self,
+        model_id: str,
+        model: _Model,
+        victims: list[_Instance],
+        reason: str,
+        keep: bool = False,
+    ) -> None:
+        """Take ``victims`` out of service now; a task stops and reaps them."""
+        victims = list(victims)
+        for inst in victims:
+            model.instances.remove(inst)
+            _log(logging.INFO, "engine stop", model_id=model_id, instance_id=inst.instance_id,
+                 pid=inst.process.pid, port=inst.port, ready=inst.ready, reason=reason,
+                 live=len(model.instances))  # fmt: skip
+        task = asyncio.create_task(self._terminate_all(model, victims, keep_logs=keep))
+        model.stopping.add(task)
+        task.add_done_callback(model.stopping.discard)
+
+    async def _stop_all(self, model_id: str, model: _Model, reason: str) -> bool:
+        model.instances += model.unstoppable
+        model.unstoppable = []
+        if model.instances:
+            self._stop_later(model_id, model, model.instances, reason)
+        await asyncio.gather(*list(model.stopping))
+        return not model.unstoppable
+
+    async def _terminate_all(
+        self, model: _Model, victims: list[_Instance], keep_logs: bool
+    ) -> None:
+        def reaped(inst: _Instance) -> Callable[[], bool]:
+            return lambda: inst.process.poll() is not None
+
+        results = await asyncio.gather(*(_terminate(i.process.pid, reaped(i)) for i in victims))
+        for inst, gone in zip(victims, results, strict=True):
+            if not gone:
+                _log(logging.ERROR, "engine survived SIGKILL", instance_id=inst.instance_id,
+                     pid=inst.process.pid)  # fmt: skip
+                model.unstoppable.append(inst)
+                continue
+            inst.record_path.unlink(missing_ok=True)
+            if not keep_logs:
+                inst.log_path.unlink(missing_ok=True)
+
+    async def _recover_record(self, path: Path) -> int:
+        engine = _orphan(path)
+        if engine is None:
+            return 0
+        if not await _terminate(engine.pid, _gone(engine)):
+            _log(logging.ERROR, "engine survived SIGKILL", pid=engine.pid, record=str(path))
+            return 0
+        _forget(path)
+        return 1
+
+
+def _log(level: int, event: str, **fields: object) -> None:
+    """One structured line per decision: ``event key=value ...``; fields also go in ``extra``."""
+    text = " ".join(f"{key}={value!r}" for key, value in fields.items())
+    logger.log(level, "%s %s", event, text, extra={"event": event, "fields": fields}, stacklevel=2)
+
+
+def _spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Deliberately synchronous and on the calling (event-loop) thread: PR_SET_PDEATHSIG fires
+    # when the forking thread exits, so a short-lived executor thread would kill the engine.
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
+        )
+
+
+@functools.cache
+def _prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        logger.warning("prctl unavailable: engines will not die with aif on kill -9")
+        return None
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    prctl = _prctl()  # looked up before fork: the child must not load libraries
+    if prctl is None:
+        return None
+    parent_pid = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the request took effect
+            os._exit(1)
+
+    return hook
+
+
+async def _terminate(pid: int, gone: Callable[[], bool]) -> bool:
+    """SIGTERM the engine's process group, SIGKILL after a grace period; True once ``gone``."""
+    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
+        if gone():
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            # Engines lead their own group (start_new_session): the group takes their children.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        for _ in range(round(wait_s / POLL_S)):
+            if gone():
+                return True
+            await asyncio.sleep(POLL_S)
+    return gone()
+
+
+def _orphan(path: Path) -> psutil.Process | None:
+    """The engine of the record at ``path`` if its owner is dead and it still runs.
+
+    Records of dead engines (and unreadable ones) are deleted; records a live aif process owns
+    are left alone.
+    """
+    record = _read_record(path)
+    if record is not None and _same_process(record["owner_pid"], record["owner_create_time"]):
+        return None  # a live aif process owns this engine
+    engine = None if record is None else _same_process(record["pid"], record["create_time"])
+    if engine is None or record is None or _cmdline(engine) != record["argv"]:
+        _forget(path)
+        return None
+    _log(logging.WARNING, "engine stop", model_id=record["model_id"],
+         instance_id=record["instance_id"], pid=engine.pid, reason="orphan of a dead aif",
+         owner_pid=record["owner_pid"])  # fmt: skip
+    return engine
+
+
+def _gone(process: psutil.Process) -> Callable[[], bool]:
+    return lambda: not _alive(process)
+
+
+def _forget(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        # is_running() also compares the start time, so a reused pid reads as gone.
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _same_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The live process ``pid`` if it is the one started at ``create_time`` (not a reused pid)."""
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
+            return None
+    except psutil.Error:
+        return None
+    return process if _alive(process) else None
+
+
+def _cmdline(process: psutil.Process) -> list[str] | None:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return None
+
+
+async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _free_port(taken: set[int]) -> int:
+    # The engine binds the port moments later; if another process takes it first the engine
+    # exits and the next pass replaces it on another port.
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((ENGINE_HOST, 0))
+            port: int = probe.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            "model_id": str(raw["model_id"]),
+            "instance_id": str(raw["instance_id"]),
+            "pid": int(raw["pid"]),
+            "create_time": float(raw["create_time"]),
+            "argv": [str(arg) for arg in raw["argv"]],
+            "owner_pid": int(raw["owner_pid"]),
+            "owner_create_time": float(raw["owner_create_time"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log(logging.WARNING, "engine record unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    partial.replace(path)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(size - LOG_TAIL_BYTES, 0))
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    if size > LOG_TAIL_BYTES:
+        text = text.partition("\n")[2]  # drop the cut first line
+    return text.strip() or "(empty log)"
+
+
+def _recorded(directory: Path) -> set[str]:
+    return {p.stem for p in directory.glob("*.json")}
+
+
+def _prune_logs(directory: Path, keep: int, live: set[str]) -> None:
+    """Keep the ``keep`` newest logs of engines not in ``live``; drop an emptied directory."""
+    try:
+        logs = [p for p in directory.glob("*.log") if p.stem not in live]
+        logs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in logs[keep:]:
+            old.unlink(missing_ok=True)
+        if not any(directory.iterdir()):
+            directory.rmdir()
+    except OSError:
+        pass  # gone already, or another process is writing to it
+
+
+def _delete_logs(directory: Path) -> None:
+    _prune_logs(directory, keep=0, live=_recorded(directory))
