@@ -49,8 +49,8 @@ class Pvc(BaseModel):
 class Slo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target_time_to_first_token_p95: float
-    target_time_per_output_token_p95: float
+    target_time_to_first_token_p95: int | float
+    target_time_per_output_token_p95: int | float
 
 
 class Endpoint(BaseModel):

@@ -68,8 +68,8 @@ class PvcSpec(_Body):
 
 
 class SloSpec(_Body):
-    target_time_to_first_token_p95: float = Field(gt=0, description="milliseconds")
-    target_time_per_output_token_p95: float = Field(gt=0, description="milliseconds")
+    target_time_to_first_token_p95: int | float = Field(gt=0, description="milliseconds")
+    target_time_per_output_token_p95: int | float = Field(gt=0, description="milliseconds")
 
 
 def _check_bounds(min_instance: int | None, max_instance: int | None) -> None:
@@ -154,8 +154,8 @@ class PvcPublic(BaseModel):
 
 
 class SloPublic(BaseModel):
-    target_time_to_first_token_p95: float
-    target_time_per_output_token_p95: float
+    target_time_to_first_token_p95: int | float
+    target_time_per_output_token_p95: int | float
 
 
 class ModelPublic(BaseModel):
