@@ -33,7 +33,7 @@ def _get(server: Server, ref: str) -> dict[str, Any]:
 def _register(server: Server, name: str, **overrides: Any) -> dict[str, Any]:
     response = httpx.post(
         f"{server.url}/v1/models",
-        json=register_body(name=name, max_instance=4, min_instance=2, **overrides),
+        json=register_body(**{"name": name, "max_instance": 4, "min_instance": 2, **overrides}),
     )
     assert response.status_code == 201, response.text
     model: dict[str, Any] = response.json()["model"]
@@ -147,3 +147,45 @@ def test_engine_crash_is_replaced(server: Server) -> None:
     wait_until(lambda: victim.pid not in {p.pid for p in engine_processes(name)})
     wait_until(lambda: len(engine_processes(name)) == 2)
     wait_until(lambda: _get(server, model["id"])["ready_instances"] == 2)
+
+
+def _engine_metrics(name: str) -> str:
+    (engine,) = engine_processes(name)
+    cmdline = engine.cmdline()
+    port = cmdline[cmdline.index("--port") + 1]
+    return httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+
+def _sample(metrics: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith(prefix))  # fmt: skip
+
+
+def test_stream_is_not_buffered_and_a_gone_client_cancels_the_engine(server: Server) -> None:
+    name = _model_name()
+    model = _register(server, name, min_instance=1)
+    wait_until(lambda: _get(server, model["id"])["status"] == "ACTIVE")
+    body = {
+        "model": name,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 4000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    # 4000 tokens take the engine about a minute: chunks that arrive within the read timeout
+    # were forwarded as they came, not after the whole answer.
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        contents = 0
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                contents += 1
+            if contents == 3:
+                assert _sample(_engine_metrics(name), "vllm:num_requests_running{") == 1
+                break
+        assert contents == 3
+    wait_until(lambda: _sample(_engine_metrics(name), "vllm:num_requests_running{") == 0)
+    aborted = 'vllm:request_success_total{finished_reason="abort"'
+    assert _sample(_engine_metrics(name), aborted) == 1
