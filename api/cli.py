@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 HostOption = Annotated[
     str | None, typer.Option("--host", help="Address to listen on [env: AIF_HOST].")

@@ -25,38 +25,45 @@ No engine outlives aif:
   per model, until the model is removed.
 
 Left to others: how many replicas to run (the executor and the scaler), routing requests to
-endpoints (the gateway), and each engine kind's command line (:mod:`api.engine.launch`).
+endpoints (the gateway), each engine kind's command line (:mod:`api.engine.launch`), and the
+process mechanics described above: spawning, stopping, instance records and orphan detection
+(:mod:`api.deployers._processes`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import functools
-import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 
+from api.deployers._processes import (
+    delete_logs,
+    forget,
+    gone_check,
+    log_event,
+    log_tail,
+    orphan,
+    prune_logs,
+    recorded,
+    spawn,
+    terminate,
+    write_json,
+)
 from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
 from api.engine.launch import ENGINE_HOST, engine_command, engine_env, health_path
 from api.records import Endpoint
 from api.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 CommandBuilder = Callable[[str, DeploymentSpec, int, list[str]], list[str]]
 
@@ -65,13 +72,7 @@ UNHEALTHY_AFTER_PROBES = 3  # a busy engine may miss a probe; three misses take 
 EARLY_EXIT_S = 60.0  # an exit this soon after start counts towards a crash loop
 CRASH_LOOP_EXITS_PER_INSTANCE = 3  # tries per desired instance within the window before FAILED
 CRASH_LOOP_WINDOW_S = 600.0  # early exits older than this are forgiven
-STOP_GRACE_S = 5.0  # SIGTERM to SIGKILL: time for an engine to finish its responses and exit
-KILL_WAIT_S = 2.0  # after SIGKILL only an engine stuck in the kernel takes longer
-POLL_S = 0.05  # how often a stop checks whether the engine has gone
-CREATE_TIME_TOLERANCE_S = 0.05  # psutil start times are in clock ticks (10 ms)
-LOG_TAIL_BYTES = 2000  # enough for a traceback's last frames in a status message
 KEPT_CRASH_LOGS = 5  # per model: logs of exited engines kept for diagnosis
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -142,7 +143,7 @@ class LocalDeployer:
                 if not await self._stop_all(model_id, model, "remove"):
                     return False
                 del self._models[model_id]
-        _delete_logs(self._root / model_id)
+        delete_logs(self._root / model_id)
         return True
 
     async def close(self) -> None:
@@ -166,7 +167,7 @@ class LocalDeployer:
             paths = sorted(self._root.glob("*/*.json"))
             killed = sum(await asyncio.gather(*(self._recover_record(p) for p in paths)))
             for directory in self._root.glob("*"):
-                _prune_logs(directory, keep=KEPT_CRASH_LOGS, live=_recorded(directory))
+                prune_logs(directory, keep=KEPT_CRASH_LOGS, live=recorded(directory))
             return killed
 
     async def _apply(self, spec: DeploymentSpec, model: _Model) -> DeploymentState:
@@ -205,7 +206,7 @@ class LocalDeployer:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **engine_env(self._settings.engine, spec)}
         try:
-            process = _spawn(argv, record_path.with_suffix(".log"), env)
+            process = spawn(argv, record_path.with_suffix(".log"), env)
         except OSError as exc:
             raise DeployerError(f"cannot run {argv[0]}: {exc}", "EngineStartFailed") from exc
         try:
@@ -219,12 +220,14 @@ class LocalDeployer:
             _Instance(instance_id, port, process, key, time.monotonic(), record_path)
         )
         try:
-            _write_json(record_path, record)
+            write_json(record_path, record)
         except OSError as exc:  # the engine still dies with aif; only recovery needs the record
-            _log(logging.WARNING, "engine record not written", path=str(record_path), error=exc)
-        _log(logging.INFO, "engine start", model_id=spec.model_id, instance_id=instance_id,
-             pid=process.pid, port=port, generation=spec.generation, reason=reason,
-             replicas=replicas, live=len(model.instances), argv=argv)  # fmt: skip
+            log_event(
+                logging.WARNING, "engine record not written", path=str(record_path), error=exc
+            )
+        log_event(logging.INFO, "engine start", model_id=spec.model_id, instance_id=instance_id,
+                  pid=process.pid, port=port, generation=spec.generation, reason=reason,
+                  replicas=replicas, live=len(model.instances), argv=argv)  # fmt: skip
 
     def _reap(self, model_id: str, model: _Model, replicas: int) -> int:
         """Forget engines that exited; a crash loop sets the model's failure."""
@@ -244,16 +247,16 @@ class LocalDeployer:
                     reason="EngineCrashed",
                     message=f"engine exited {len(model.early_exits)} times soon after start "
                     f"(last: instance {inst.instance_id}, exit code {inst.process.returncode}); "
-                    f"log tail:\n{_log_tail(inst.log_path)}",
+                    f"log tail:\n{log_tail(inst.log_path)}",
                 )
-            _log(logging.WARNING, "engine exited", model_id=model_id,
-                 instance_id=inst.instance_id, pid=inst.process.pid,
-                 exit_code=inst.process.returncode, uptime_s=round(uptime_s, 1),
-                 early_exits=len(model.early_exits), limit=limit,
-                 decision="give up" if model.failure else "replace")  # fmt: skip
+            log_event(logging.WARNING, "engine exited", model_id=model_id,
+                      instance_id=inst.instance_id, pid=inst.process.pid,
+                      exit_code=inst.process.returncode, uptime_s=round(uptime_s, 1),
+                      early_exits=len(model.early_exits), limit=limit,
+                      decision="give up" if model.failure else "replace")  # fmt: skip
         if exited:
             live = {i.instance_id for i in model.instances}
-            _prune_logs(self._root / model_id, keep=KEPT_CRASH_LOGS, live=live)
+            prune_logs(self._root / model_id, keep=KEPT_CRASH_LOGS, live=live)
         return len(exited)
 
     async def _probe(self, model: _Model) -> None:
@@ -269,8 +272,8 @@ class LocalDeployer:
                 inst.ready = inst.ever_ready = True
             elif inst.ready and inst.failed_probes >= UNHEALTHY_AFTER_PROBES:
                 inst.ready = False
-                _log(logging.WARNING, "engine unhealthy", instance_id=inst.instance_id,
-                     url=inst.url, failed_probes=inst.failed_probes)  # fmt: skip
+                log_event(logging.WARNING, "engine unhealthy", instance_id=inst.instance_id,
+                          url=inst.url, failed_probes=inst.failed_probes)  # fmt: skip
 
     def _check_start_timeouts(self, model_id: str, model: _Model) -> None:
         timeout_s = self._settings.engine_ready_timeout_s
@@ -281,7 +284,7 @@ class LocalDeployer:
                 Phase.FAILED,
                 reason="EngineStartTimeout",
                 message=f"instance {late[0].instance_id} not healthy {timeout_s:g}s after start; "
-                f"log tail:\n{_log_tail(late[0].log_path)}",
+                f"log tail:\n{log_tail(late[0].log_path)}",
             )
         if late:
             self._stop_later(model_id, model, late, f"not ready in {timeout_s:g}s", keep=True)
@@ -298,9 +301,9 @@ class LocalDeployer:
         victims = list(victims)
         for inst in victims:
             model.instances.remove(inst)
-            _log(logging.INFO, "engine stop", model_id=model_id, instance_id=inst.instance_id,
-                 pid=inst.process.pid, port=inst.port, ready=inst.ready, reason=reason,
-                 live=len(model.instances))  # fmt: skip
+            log_event(logging.INFO, "engine stop", model_id=model_id,
+                      instance_id=inst.instance_id, pid=inst.process.pid, port=inst.port,
+                      ready=inst.ready, reason=reason, live=len(model.instances))  # fmt: skip
         task = asyncio.create_task(self._terminate_all(model, victims, keep_logs=keep))
         model.stopping.add(task)
         task.add_done_callback(model.stopping.discard)
@@ -319,11 +322,11 @@ class LocalDeployer:
         def reaped(inst: _Instance) -> Callable[[], bool]:
             return lambda: inst.process.poll() is not None
 
-        results = await asyncio.gather(*(_terminate(i.process.pid, reaped(i)) for i in victims))
+        results = await asyncio.gather(*(terminate(i.process.pid, reaped(i)) for i in victims))
         for inst, gone in zip(victims, results, strict=True):
             if not gone:
-                _log(logging.ERROR, "engine survived SIGKILL", instance_id=inst.instance_id,
-                     pid=inst.process.pid)  # fmt: skip
+                log_event(logging.ERROR, "engine survived SIGKILL",
+                          instance_id=inst.instance_id, pid=inst.process.pid)  # fmt: skip
                 model.unstoppable.append(inst)
                 continue
             inst.record_path.unlink(missing_ok=True)
@@ -331,131 +334,14 @@ class LocalDeployer:
                 inst.log_path.unlink(missing_ok=True)
 
     async def _recover_record(self, path: Path) -> int:
-        engine = _orphan(path)
+        engine = orphan(path)
         if engine is None:
             return 0
-        if not await _terminate(engine.pid, _gone(engine)):
-            _log(logging.ERROR, "engine survived SIGKILL", pid=engine.pid, record=str(path))
+        if not await terminate(engine.pid, gone_check(engine)):
+            log_event(logging.ERROR, "engine survived SIGKILL", pid=engine.pid, record=str(path))
             return 0
-        _forget(path)
+        forget(path)
         return 1
-
-
-def _log(level: int, event: str, **fields: object) -> None:
-    """One structured line per decision: ``event key=value ...``; fields also go in ``extra``."""
-    text = " ".join(f"{key}={value!r}" for key, value in fields.items())
-    logger.log(level, "%s %s", event, text, extra={"event": event, "fields": fields}, stacklevel=2)
-
-
-def _spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Deliberately synchronous and on the calling (event-loop) thread: PR_SET_PDEATHSIG fires
-    # when the forking thread exits, so a short-lived executor thread would kill the engine.
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),
-        )
-
-
-@functools.cache
-def _prctl() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        logger.warning("prctl unavailable: engines will not die with aif on kill -9")
-        return None
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    prctl = _prctl()  # looked up before fork: the child must not load libraries
-    if prctl is None:
-        return None
-    parent_pid = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before the request took effect
-            os._exit(1)
-
-    return hook
-
-
-async def _terminate(pid: int, gone: Callable[[], bool]) -> bool:
-    """SIGTERM the engine's process group, SIGKILL after a grace period; True once ``gone``."""
-    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, KILL_WAIT_S)):
-        if gone():
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            # Engines lead their own group (start_new_session): the group takes their children.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        for _ in range(round(wait_s / POLL_S)):
-            if gone():
-                return True
-            await asyncio.sleep(POLL_S)
-    return gone()
-
-
-def _orphan(path: Path) -> psutil.Process | None:
-    """The engine of the record at ``path`` if its owner is dead and it still runs.
-
-    Records of dead engines (and unreadable ones) are deleted; records a live aif process owns
-    are left alone.
-    """
-    record = _read_record(path)
-    if record is not None and _same_process(record["owner_pid"], record["owner_create_time"]):
-        return None  # a live aif process owns this engine
-    engine = None if record is None else _same_process(record["pid"], record["create_time"])
-    if engine is None or record is None or _cmdline(engine) != record["argv"]:
-        _forget(path)
-        return None
-    _log(logging.WARNING, "engine stop", model_id=record["model_id"],
-         instance_id=record["instance_id"], pid=engine.pid, reason="orphan of a dead aif",
-         owner_pid=record["owner_pid"])  # fmt: skip
-    return engine
-
-
-def _gone(process: psutil.Process) -> Callable[[], bool]:
-    return lambda: not _alive(process)
-
-
-def _forget(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        # is_running() also compares the start time, so a reused pid reads as gone.
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _same_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The live process ``pid`` if it is the one started at ``create_time`` (not a reused pid)."""
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
-            return None
-    except psutil.Error:
-        return None
-    return process if _alive(process) else None
-
-
-def _cmdline(process: psutil.Process) -> list[str] | None:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return None
 
 
 async def _healthy(client: httpx.AsyncClient, url: str) -> bool:
@@ -475,60 +361,3 @@ def _free_port(taken: set[int]) -> int:
             port: int = probe.getsockname()[1]
         if port not in taken:
             return port
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return {
-            "model_id": str(raw["model_id"]),
-            "instance_id": str(raw["instance_id"]),
-            "pid": int(raw["pid"]),
-            "create_time": float(raw["create_time"]),
-            "argv": [str(arg) for arg in raw["argv"]],
-            "owner_pid": int(raw["owner_pid"]),
-            "owner_create_time": float(raw["owner_create_time"]),
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        _log(logging.WARNING, "engine record unreadable", path=str(path), error=str(exc))
-        return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    partial.replace(path)
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            log.seek(max(size - LOG_TAIL_BYTES, 0))
-            text = log.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    if size > LOG_TAIL_BYTES:
-        text = text.partition("\n")[2]  # drop the cut first line
-    return text.strip() or "(empty log)"
-
-
-def _recorded(directory: Path) -> set[str]:
-    return {p.stem for p in directory.glob("*.json")}
-
-
-def _prune_logs(directory: Path, keep: int, live: set[str]) -> None:
-    """Keep the ``keep`` newest logs of engines not in ``live``; drop an emptied directory."""
-    try:
-        logs = [p for p in directory.glob("*.log") if p.stem not in live]
-        logs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in logs[keep:]:
-            old.unlink(missing_ok=True)
-        if not any(directory.iterdir()):
-            directory.rmdir()
-    except OSError:
-        pass  # gone already, or another process is writing to it
-
-
-def _delete_logs(directory: Path) -> None:
-    _prune_logs(directory, keep=0, live=_recorded(directory))
