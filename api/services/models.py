@@ -89,21 +89,37 @@ class ModelService:
 
     def update(self, ref: str, patch: ModelUpdate) -> ModelRecord:
         changes = patch.model_dump(exclude_unset=True)
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            record = self.get(ref)
+
+        def merge(record: ModelRecord) -> ModelRecord:
             if record.deleting:
                 raise ModelConflict(f"model {record.name!r} is being deleted", param="id")
-            merged = self._merge(record, changes)
+            return self._merge(record, changes)
+
+        stored = self._rewrite(ref, merge)
+        logger.info(
+            "model updated id=%s fields=%s generation=%d replicas=%d status=%s",
+            stored.id, sorted(changes), stored.generation, stored.replicas, stored.status,
+        )  # fmt: skip
+        return stored
+
+    def _rewrite(
+        self, ref: str, change: Callable[[ModelRecord], ModelRecord | None]
+    ) -> ModelRecord:
+        """Read-modify-write under compare-and-set, retried when another writer wins the race.
+
+        ``change`` returns the record to store, or None when there is nothing to write.
+        """
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            record = self.get(ref)
+            changed = change(record)
+            if changed is None:
+                return record
             try:
-                stored = self._store.replace(merged)
+                stored = self._store.replace(changed)
             except RevisionConflict:
                 continue
             except RecordNotFound as exc:
                 raise ModelNotFound(f"model {ref!r} not found", param="id") from exc
-            logger.info(
-                "model updated id=%s fields=%s generation=%d replicas=%d status=%s",
-                stored.id, sorted(changes), stored.generation, stored.replicas, stored.status,
-            )  # fmt: skip
             self._on_change()
             return stored
         raise ModelConflict(f"model {ref!r} is changing too fast; try again", param="id")
@@ -138,23 +154,17 @@ class ModelService:
         return merged
 
     def delete(self, ref: str) -> ModelRecord:
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            record = self.get(ref)
+        def mark_deleting(record: ModelRecord) -> ModelRecord | None:
             if record.deleting:
-                return record
+                return None
             record.status = ModelStatus.DELETING
             record.status_code = ""
             record.status_msg = "removing the deployment"
             record.attempts = 0
             record.next_attempt_at = 0.0
             record.touch()
-            try:
-                stored = self._store.replace(record)
-            except RevisionConflict:
-                continue
-            except RecordNotFound as exc:
-                raise ModelNotFound(f"model {ref!r} not found", param="id") from exc
-            logger.info("model deletion requested id=%s name=%s", stored.id, stored.name)
-            self._on_change()
-            return stored
-        raise ModelConflict(f"model {ref!r} is changing too fast; try again", param="id")
+            return record
+
+        stored = self._rewrite(ref, mark_deleting)
+        logger.info("model deletion requested id=%s name=%s", stored.id, stored.name)
+        return stored
