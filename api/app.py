@@ -74,6 +74,7 @@ def create_app(
             if Role.MODEL_JOB_EXECUTOR in roles:
                 deployer = deployer_factory(settings)
                 stack.push_async_callback(deployer.close)
+                await deployer.recover()
                 executor = ModelJobExecutor(
                     app_store,
                     deployer,

@@ -72,7 +72,16 @@ class Settings(BaseSettings):
     pulumi_passphrase: SecretStr = SecretStr(DEFAULT_PULUMI_PASSPHRASE)
     pulumi_work_dir: Path | None = None
     pulumi_workers: int = Field(default=4, ge=1)
+    # How long one reconcile pass waits for `pulumi up` before reporting progress instead:
+    # well under the lease, so a long update never costs the executor its lease.
+    pulumi_apply_wait_s: float = Field(default=10.0, gt=0)
+    # A stack lock held this long from another host is taken to be a dead executor's: far
+    # longer than any update of one model takes (its objects are not awaited).
+    pulumi_stale_lock_s: float = Field(default=1800.0, gt=0)
     pod_monitor: bool = False
+    # Cards one node offers (8 on an Ascend Snt9B or an H100 node); instances needing more span
+    # nodes as one LeaderWorkerSet group.
+    max_accelerators_per_node: int = Field(default=8, ge=1)
     cache_pvc: str = ""
 
     @model_validator(mode="after")

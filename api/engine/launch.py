@@ -5,7 +5,8 @@
 route answers 200 once the engine can serve. Engines:
 
 - ``simulator``: :mod:`api.engine.simulator`, aif's vLLM-compatible simulator (the default).
-- ``vllm``: vLLM's OpenAI server, with the preset's engine arguments.
+- ``vllm``: vLLM's OpenAI server, with the preset's engine arguments from
+  :func:`infra.vllm_args.vllm_args` (the same as in the model's pods).
 - ``llama-cpp``: llama-cpp-python's OpenAI server on a GGUF file.
 
 Weights for ``vllm`` and ``llama-cpp`` live on local disk where the cluster would mount the
@@ -27,6 +28,7 @@ from api.deployers.base import DeployerError, DeploymentSpec
 from api.records import Pvc
 from api.settings import Settings
 from infra.models import Preset, ResourceProfile, load_presets
+from infra.vllm_args import vllm_args
 
 ENGINE_HOST = "127.0.0.1"
 SIMULATOR_MODULE = "api.engine.simulator"
@@ -135,21 +137,10 @@ def _vllm_command(
     ]  # fmt: skip
     preset = load_presets().get(spec.type)
     if preset is not None:
-        args = preset.vllm
-        argv += [
-            "--max-num-seqs", str(args.max_num_seqs),
-            "--max-model-len", str(args.max_model_len),
-            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-            "--block-size", str(args.block_size),
-            "--gpu-memory-utilization", str(args.gpu_memory_utilization),
-        ]  # fmt: skip
-        if args.trust_remote_code:
-            argv.append("--trust-remote-code")
         profile = _profile(preset, spec.resource_type)
-        if profile is not None:
-            # One machine holds every card of the instance: all of them in one tensor group.
-            argv += ["--tensor-parallel-size", str(profile.accelerators)]
-        argv += args.extra_args
+        # One machine holds every card of the instance: all of them in one tensor group.
+        tp = profile.accelerators if profile is not None else None
+        argv += [*vllm_args(preset.vllm, tensor_parallel=tp), *preset.vllm.extra_args]
     return [*argv, *extra_args]
 
 

@@ -1,0 +1,433 @@
+"""One pure function from a model to its Kubernetes objects.
+
+:func:`render_model` turns a :class:`~api.deployers.base.DeploymentSpec` and its preset into
+plain dicts: a ``LeaderWorkerSet`` in the shape of the product's template, a ClusterIP
+``Service`` in front of the group leaders and, when asked, a Prometheus ``PodMonitor``.
+:func:`render_documents` does the same for a register body and prints YAML (``aif render``).
+Nothing here imports Pulumi or talks to a cluster: applying the objects, and deciding whether
+to await them, is left to :mod:`infra.model_deployment`; watching readiness to the deployer.
+
+Names. The LWS is named :func:`k8s_name` (a DNS-1035 label from the model's name plus an id
+suffix). LWS itself creates a *headless* Service of that very name for its pods' DNS
+(``$LWS_LEADER_ADDRESS``), so the ClusterIP Service is :func:`service_name`, ``<name>-leader``.
+
+Sizing. How many pods an instance spans and how its cards split into tensor and pipeline
+parallel is decided by :func:`infra.sizing.plan_parallelism`, which raises
+:class:`~infra.sizing.SizingError` (re-exported here) for a preset that cannot fit. Pods of one
+instance are joined by Ray as in vLLM's LWS guide: the leader starts the Ray head and the API
+server, workers join ``$LWS_LEADER_ADDRESS``. The engine's flags come from
+:func:`infra.vllm_args.vllm_args`, shared with local engines; ``--max-model-len`` is always set.
+
+Weight cache. Weights come from the registered PVC (``pvc.name``, subpath ``pvc.path``),
+often object storage (OBS), which loads slowly. With ``ClusterConfig.cache_pvc`` set (a fast
+file-storage PVC such as SFS Turbo), every pod gets an init container that copies
+``<source>/<pvc.path>`` to ``<cache>/<pvc.name>/<pvc.path>`` unless a ``.aif-complete`` marker
+is already there, and the engine reads from the cache. Pods starting together take a lock
+directory so one copies while the others wait for the marker; a copy goes to a private
+temporary directory that is renamed into place only when complete, so a reader never sees a
+half-copied model, and a lock left by a pod that died is given up after
+``CACHE_LOCK_WAIT_S``. Evicting old copies from the cache is left to its operator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from api.deployers.base import DeploymentSpec
+from api.records import Pvc
+from api.schemas import ModelCreate
+from infra.models import Preset, load_presets
+from infra.sizing import Parallelism, plan_parallelism
+from infra.sizing import SizingError as SizingError  # render_model's error, for its callers
+from infra.vllm_args import vllm_args
+
+if TYPE_CHECKING:
+    from api.settings import Settings
+
+Manifest = dict[str, Any]
+
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
+MANAGED_BY = "aif"
+ENGINE_PORT = 8000
+PORT_NAME = "http"
+RAY_PORT = 6379
+# LWS names pods, StatefulSets and controller-revision-hash labels (at most 63 characters)
+# after the set, adding group and worker indexes and a 10-character hash.
+LWS_NAME_MAX_CHARS = 45
+ID_SUFFIX_CHARS = 8
+# Loading a 70B model from object storage onto its cards can take tens of minutes.
+STARTUP_TIMEOUT_S = 3600
+STARTUP_PERIOD_S = 10
+# /health shares vLLM's event loop with streaming responses; under load it answers slowly.
+PROBE_TIMEOUT_S = 5
+# NCCL/HCCL and Ray use shared memory between processes of one pod.
+SHM_SIZE = "16Gi"
+# Long enough for one pod to copy a 72B model (~145 GB) from object storage at ~50 MB/s.
+CACHE_LOCK_WAIT_S = 3600
+# Waiting pods look for the marker this often; a stat on the cache volume is cheap.
+CACHE_POLL_S = 2
+CACHE_MARKER = ".aif-complete"
+SOURCE_MOUNT = "/mnt/aif/source"
+CACHE_MOUNT = "/mnt/aif/cache"
+# The leader pod of a group pulls the same image as its workers; a cold pull can take minutes.
+RAY_JOIN_TIMEOUT_S = 900
+SINGLE_NODE_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What the target cluster adds to every model: namespace, scheduler, image, cache."""
+
+    namespace: str = "aif-models"
+    image: str = ""  # overrides the preset's image when set
+    scheduler_name: str = ""
+    volcano_queue: str = ""
+    cache_pvc: str = ""
+    pod_monitor: bool = False
+    max_accelerators_per_node: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClusterConfig:
+        return cls(
+            namespace=settings.namespace,
+            image=settings.engine_image,
+            scheduler_name=settings.scheduler_name,
+            volcano_queue=settings.volcano_queue,
+            cache_pvc=settings.cache_pvc,
+            pod_monitor=settings.pod_monitor,
+            max_accelerators_per_node=settings.max_accelerators_per_node,
+        )
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def _id_suffix(model_id: str) -> str:
+    lowered = model_id.lower()
+    if re.fullmatch(rf"[0-9a-f]{{{ID_SUFFIX_CHARS},}}", lowered):
+        return lowered[:ID_SUFFIX_CHARS]
+    # Ids not made by aif (hand-written, imported) still get a short, stable suffix.
+    return hashlib.md5(model_id.encode(), usedforsecurity=False).hexdigest()[:ID_SUFFIX_CHARS]
+
+
+def k8s_name(model_name: str, model_id: str) -> str:
+    """A DNS-1035 label for the model's objects, unique through a suffix of its id."""
+    base = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+    if not base[:1].isalpha():
+        base = f"m-{base}".rstrip("-")
+    base = base[: LWS_NAME_MAX_CHARS - ID_SUFFIX_CHARS - 1].rstrip("-")
+    return f"{base}-{_id_suffix(model_id)}"
+
+
+def service_name(lws_name: str) -> str:
+    """The ClusterIP Service of the leaders; ``lws_name`` itself is LWS's headless Service."""
+    return f"{lws_name}-leader"
+
+
+def label_value(text: str) -> str:
+    """``text`` made a valid label value: at most 63 of ``[A-Za-z0-9._-]``, alphanumeric ends."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("._-")
+
+
+# --- pod templates ---------------------------------------------------------------------------
+
+
+def _literal(text: str) -> str:
+    # The kubelet expands $(VAR) in env values, command and args; $$ keeps a literal $.
+    return text.replace("$", "$$")
+
+
+def _engine_args(spec: DeploymentSpec, preset: Preset, par: Parallelism) -> list[str]:
+    args = [
+        "--model", model_dir(preset),
+        "--served-model-name", spec.name,
+        *vllm_args(
+            preset.vllm,
+            tensor_parallel=par.tensor_parallel,
+            pipeline_parallel=par.pipeline_parallel,
+        ),
+        "--port", str(ENGINE_PORT),
+        *preset.vllm.extra_args,
+    ]  # fmt: skip
+    return [_literal(arg) for arg in args]
+
+
+def model_dir(preset: Preset) -> str:
+    """Where the engine sees the weights, as in the product's template."""
+    return f"/workspace/{preset.hf_repo}"
+
+
+def _probe(**timing: int) -> dict[str, Any]:
+    get = {"path": "/health", "port": ENGINE_PORT}
+    return {"httpGet": get, "timeoutSeconds": PROBE_TIMEOUT_S, **timing}
+
+
+def _leader_script(args: list[str]) -> str:
+    # vLLM's Ray executor waits for the workers' cards to join its placement group.
+    return (
+        f"set -eu\nray start --head --port={RAY_PORT} --disable-usage-stats\n"
+        f"exec {shlex.join([*SINGLE_NODE_COMMAND, *args])}\n"
+    )
+
+
+# A worker whose container exits restarts the whole group, so it waits for the head first.
+WORKER_SCRIPT = f"""set -u
+head="${{LWS_LEADER_ADDRESS}}"
+until (exec 3<>"/dev/tcp/$head/{RAY_PORT}") 2>/dev/null; do
+  [ "$SECONDS" -ge {RAY_JOIN_TIMEOUT_S} ] && {{ echo "no Ray head at $head" >&2; exit 1; }}
+  sleep 5
+done
+exec ray start --address="$head:{RAY_PORT}" --block --disable-usage-stats
+"""
+
+CACHE_SCRIPT = f"""set -eu
+src="$AIF_CACHE_SOURCE"; dst="$AIF_CACHE_TARGET"; marker="$dst/{CACHE_MARKER}"
+[ -f "$marker" ] && exit 0
+mkdir -p "${{dst%/*}}"
+while ! mkdir "$dst.aif-lock" 2>/dev/null; do
+  [ -f "$marker" ] && exit 0
+  [ "$SECONDS" -ge {CACHE_LOCK_WAIT_S} ] && break
+  sleep {CACHE_POLL_S}
+done
+tmp="$dst.aif-tmp-$HOSTNAME"
+rm -rf "$tmp"; mkdir -p "$tmp"
+cp -a "$src/." "$tmp/"
+touch "$tmp/{CACHE_MARKER}"
+if [ -e "$dst" ] && [ ! -f "$marker" ]; then rm -rf "$dst"; fi
+mv -T "$tmp" "$dst" 2>/dev/null || rm -rf "$tmp"
+rmdir "$dst.aif-lock" 2>/dev/null || true
+"""
+
+
+def _cache_path(pvc: Pvc) -> str:
+    # Keyed by the source PVC too: two PVCs may hold different weights under one path.
+    return f"{pvc.name}/{pvc.path}"
+
+
+def _cache_init_container(image: str, pvc: Pvc) -> dict[str, Any]:
+    env = {"AIF_CACHE_SOURCE": f"{SOURCE_MOUNT}/{pvc.path}"}
+    env["AIF_CACHE_TARGET"] = f"{CACHE_MOUNT}/{_cache_path(pvc)}"
+    return {
+        "name": "cache-weights",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["bash", "-c", CACHE_SCRIPT],
+        "env": [{"name": k, "value": _literal(v)} for k, v in env.items()],
+        "resources": {
+            "requests": {"cpu": "1", "memory": "1Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        },
+        "volumeMounts": [
+            {"name": "models", "mountPath": SOURCE_MOUNT, "readOnly": True},
+            {"name": "cache", "mountPath": CACHE_MOUNT},
+        ],
+    }
+
+
+def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterConfig) -> Manifest:
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": spec.pvc.name}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+    ]
+    pod: dict[str, Any] = {}
+    if cluster.scheduler_name:
+        pod["schedulerName"] = cluster.scheduler_name
+    if cluster.cache_pvc:
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cluster.cache_pvc}})
+        # The engine's image has bash and cp; a second image would only add a pull.
+        pod["initContainers"] = [_cache_init_container(container["image"], spec.pvc)]
+    return {**pod, "containers": [container], "volumes": volumes}
+
+
+def _container(
+    spec: DeploymentSpec,
+    preset: Preset,
+    par: Parallelism,
+    cluster: ClusterConfig,
+    run: dict[str, Any],
+    serves: bool,
+) -> dict[str, Any]:
+    """The engine container; ``serves`` adds the API port and probes (single node or leader)."""
+    profile = preset.profile(spec.resource_type)
+    env = {"HF_HUB_OFFLINE": "1", **preset.env, **profile.env}
+    cards = str(par.accelerators_per_node)
+    weights: dict[str, Any] = {"name": "models", "mountPath": model_dir(preset), "readOnly": True}
+    weights["subPath"] = spec.pvc.path
+    if cluster.cache_pvc:
+        weights |= {"name": "cache", "subPath": _cache_path(spec.pvc)}
+    container: dict[str, Any] = {
+        "name": profile.container_name,
+        "image": cluster.image or profile.image,
+        "imagePullPolicy": "IfNotPresent",
+        **run,
+        "env": [{"name": k, "value": _literal(v)} for k, v in env.items()],
+    }
+    if serves:
+        container["ports"] = [{"name": PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}]
+    container["resources"] = {
+        "requests": {"cpu": profile.cpu_request, "memory": profile.memory_request},
+        "limits": {"cpu": profile.cpu_limit, "memory": profile.memory_limit},
+    }
+    container["resources"]["requests"][spec.resource_type] = cards
+    container["resources"]["limits"][spec.resource_type] = cards
+    container["volumeMounts"] = [weights, {"name": "dshm", "mountPath": "/dev/shm"}]
+    if serves:
+        container["startupProbe"] = _probe(
+            periodSeconds=STARTUP_PERIOD_S, failureThreshold=STARTUP_TIMEOUT_S // STARTUP_PERIOD_S
+        )
+        container["readinessProbe"] = _probe(
+            initialDelaySeconds=5, periodSeconds=5, failureThreshold=3
+        )
+        container["livenessProbe"] = _probe(periodSeconds=5, failureThreshold=3)
+    return container
+
+
+# --- objects ---------------------------------------------------------------------------------
+
+
+def leader_selector(lws_name: str) -> dict[str, str]:
+    """Labels that pick the leader pods of every group (LWS adds the name label)."""
+    return {LWS_NAME_LABEL: lws_name, "role": "leader"}
+
+
+def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -> list[Manifest]:
+    """The model's Kubernetes objects: LWS, Service and, when configured, a PodMonitor.
+
+    Raises :class:`SizingError` when the preset cannot run on the accelerators it names.
+    """
+    par = plan_parallelism(preset, spec.resource_type, cluster)
+    name = k8s_name(spec.name, spec.model_id)
+    version = label_value(spec.version) or "1"
+    common = {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "aif/model-id": label_value(spec.model_id),
+        "xds/version": version,
+    }
+    group = {
+        "xds/modelId": label_value(spec.model_id),
+        "xds/teGroupId": name,
+        "xds/teGroupType": label_value(preset.name),
+        "xds/version": version,
+    }
+    pod_annotations = (
+        {VOLCANO_QUEUE_ANNOTATION: cluster.volcano_queue} if cluster.volcano_queue else {}
+    )
+    args = _engine_args(spec, preset, par)
+    multi_node = par.nodes > 1
+    if multi_node:
+        run: dict[str, Any] = {"command": ["bash", "-c", _leader_script(args)]}
+    else:
+        run = {"command": SINGLE_NODE_COMMAND, "args": args}
+    leader = _container(spec, preset, par, cluster, run, serves=True)
+    leader_meta: dict[str, Any] = {
+        "labels": {"xds/instanceType": "head", **group, "role": "leader"}
+    }
+    if pod_annotations:
+        leader_meta["annotations"] = pod_annotations
+    worker_template: dict[str, Any] = {
+        "spec": {"containers": []}
+    }  # LWS makes no workers for size 1
+    if multi_node:
+        run = {"command": ["bash", "-c", WORKER_SCRIPT]}
+        worker = _container(spec, preset, par, cluster, run, serves=False)
+        worker_meta: dict[str, Any] = {"labels": {"xds/instanceType": "worker", **group}}
+        if pod_annotations:
+            worker_meta["annotations"] = pod_annotations
+        worker_template = {"metadata": worker_meta, "spec": _pod_spec(worker, spec, cluster)}
+    metadata = {
+        "name": name,
+        "namespace": cluster.namespace,
+        "labels": common,
+        "annotations": {"aif/model-name": spec.name},
+    }
+    lws = {
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": metadata,
+        "spec": {
+            "replicas": spec.replicas,
+            # Workers must start with the leader: its Ray head waits for them to join.
+            "startupPolicy": "LeaderCreated",
+            "leaderWorkerTemplate": {
+                "size": par.nodes,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": {
+                    "metadata": leader_meta,
+                    "spec": _pod_spec(leader, spec, cluster),
+                },
+                "workerTemplate": worker_template,
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(name), "namespace": cluster.namespace, "labels": common},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": leader_selector(name),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": ENGINE_PORT,
+                    "targetPort": ENGINE_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    objects: list[Manifest] = [lws, service]
+    if cluster.pod_monitor:
+        objects.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PodMonitor",
+                "metadata": {"name": name, "namespace": cluster.namespace, "labels": common},
+                "spec": {
+                    "selector": {"matchLabels": leader_selector(name)},
+                    "podMetricsEndpoints": [{"port": PORT_NAME, "path": "/metrics"}],
+                },
+            }
+        )
+    return objects
+
+
+def render_documents(body: str | bytes, cluster: ClusterConfig) -> str:
+    """Multi-document YAML for a ``POST /v1/models`` body, reproducible for the same body.
+
+    Raises pydantic's ``ValidationError`` for a body the API would refuse.
+    """
+    model = ModelCreate.model_validate_json(body)
+    spec = DeploymentSpec(
+        # A stable id from the name, so that renders of one body are identical.
+        model_id=hashlib.md5(model.name.encode(), usedforsecurity=False).hexdigest(),
+        name=model.name,
+        type=model.type,
+        resource_type=model.resource_type,
+        version=model.version,
+        replicas=model.min_instance,
+        pvc=Pvc(name=model.pvc.name, path=model.pvc.path),
+        generation=1,
+    )
+    objects = render_model(spec, load_presets()[model.type], cluster)
+    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False)
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that prints multi-line strings (the pods' scripts) as ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_ReadableDumper.add_representer(str, _represent_str)
