@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
-from api.gateway.routing import RoundRobin, RoutingPolicy, RoutingTable
+from api.gateway.routing import RoundRobin, Route, RoutingPolicy, RoutingTable
 from api.store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class UpstreamResponse:
 
     async def body(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._response.aiter_bytes():
                 yield chunk
         finally:
             await self._response.aclose()
@@ -67,9 +68,28 @@ class Gateway:
         self.table = RoutingTable()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
+        self._miss_lock = asyncio.Lock()
 
     async def refresh(self) -> None:
+        self._refreshed_at = time.monotonic()
         self.table.rebuild(await asyncio.to_thread(self._store.list))
+
+    async def _route(self, name: str) -> Route | None:
+        """The model's route; on a miss, read the store once more before answering no.
+
+        A model that just became ACTIVE (or was just registered) must route at once, not one
+        refresh interval later. Concurrent misses share one read: a miss waits for a read
+        that started after it arrived, and starts one only if there is none.
+        """
+        route = self.table.lookup(name)
+        if route is not None and route.serving:
+            return route
+        arrived_at = time.monotonic()
+        async with self._miss_lock:
+            if self._refreshed_at < arrived_at:
+                await self.refresh()
+        return self.table.lookup(name)
 
     def notify_change(self) -> None:
         """Rebuild the table soon: called by the frontend after a write in this process."""
@@ -101,7 +121,7 @@ class Gateway:
         name = request.get("model")
         if not isinstance(name, str) or not name:
             raise ModelNotFound("the request names no model; set 'model'", param="model")
-        route = self.table.lookup(name)
+        route = await self._route(name)
         if route is None:
             available = ", ".join(self.table.names()) or "none registered"
             raise ModelNotFound(
@@ -119,7 +139,8 @@ class Gateway:
                 "POST",
                 endpoint.url + path,
                 content=body,
-                headers={"content-type": "application/json"},
+                # Uncompressed: bytes pass through as they come, with no decoding on the way.
+                headers={"content-type": "application/json", "accept-encoding": "identity"},
             )
             try:
                 response = await self._client.send(upstream, stream=True)
