@@ -71,6 +71,17 @@ def create_app(
             app.state.model_service = ModelService(
                 app_store, max_instance_cap=settings.max_instance_cap, on_change=notify_all
             )
+            gateway: Gateway | None = None
+            if Role.CHAT_JOB_EXECUTOR in roles or Role.FRONTEND in roles:
+                gateway = Gateway(
+                    app_store,
+                    refresh_interval_s=settings.routing_refresh_s,
+                    upstream_timeout_s=settings.upstream_timeout_s,
+                )
+                await gateway.start()
+                stack.push_async_callback(gateway.stop)
+                listeners.append(gateway.notify_change)
+                app.state.gateway = gateway
             if Role.MODEL_JOB_EXECUTOR in roles:
                 deployer = deployer_factory(settings)
                 stack.push_async_callback(deployer.close)
@@ -83,21 +94,13 @@ def create_app(
                     retry=RetryPolicy(
                         settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s
                     ),
+                    # What the executor observes (ACTIVE, endpoints) reaches routing at once.
+                    on_observed=gateway.notify_change if gateway else lambda: None,
                 )
                 await executor.start()
                 stack.push_async_callback(executor.stop)
                 listeners.append(executor.notify_change)
                 app.state.executor = executor
-            if Role.CHAT_JOB_EXECUTOR in roles or Role.FRONTEND in roles:
-                gateway = Gateway(
-                    app_store,
-                    refresh_interval_s=settings.routing_refresh_s,
-                    upstream_timeout_s=settings.upstream_timeout_s,
-                )
-                await gateway.start()
-                stack.push_async_callback(gateway.stop)
-                listeners.append(gateway.notify_change)
-                app.state.gateway = gateway
             if Role.TASK_EXECUTOR_MANAGER in roles:
                 source = EngineScrapeSource()
                 stack.push_async_callback(source.close)

@@ -23,6 +23,7 @@ from api.deployers.base import Deployer, DeployerError, DeploymentSpec, Deployme
 from api.executor.leases import lease_available, needs_renewal, new_owner_id
 from api.records import ModelRecord, ModelStatus
 from api.store import ModelStore, RecordNotFound, RevisionConflict
+from api.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ModelJobExecutor:
         retry: RetryPolicy,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        on_observed: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._deployer = deployer
@@ -63,15 +65,18 @@ class ModelJobExecutor:
         self._retry = retry
         self.owner = owner or new_owner_id()
         self._clock = clock
-        self._changed = asyncio.Event()
+        self._on_observed = on_observed
+        self._changed = Wakeup()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_MODELS)
         self._task: asyncio.Task[None] | None = None
 
     def notify_change(self) -> None:
+        """Run a pass soon: called, from any thread, after a write in this process."""
         self._changed.set()
 
     async def start(self) -> None:
+        self._changed.bind()
         self._task = asyncio.create_task(self._loop(), name="model-job-executor")
 
     async def stop(self) -> None:
@@ -91,9 +96,7 @@ class ModelJobExecutor:
                 await self.run_once(wait=False)
             except Exception:
                 logger.exception("reconcile pass failed; the next pass retries")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._interval_s)
-            self._changed.clear()
+            await self._changed.wait(self._interval_s)
 
     async def run_once(self, *, wait: bool = True) -> None:
         """One pass over every model; with ``wait``, until each model's step is done."""
@@ -165,11 +168,13 @@ class ModelJobExecutor:
             if not change(record):
                 return record
             try:
-                return self._store.replace(record)
+                stored = self._store.replace(record)
             except RevisionConflict:
                 continue
             except RecordNotFound:
                 return None
+            self._on_observed()
+            return stored
 
     def _take_lease(self, model_id: str) -> ModelRecord | None:
         now = self._clock()
@@ -267,6 +272,7 @@ class ModelJobExecutor:
             try:
                 self._store.delete(model_id, record.revision)
                 logger.info("model removed model=%s name=%s", model_id, record.name)
+                self._on_observed()
                 return
             except RevisionConflict:
                 continue

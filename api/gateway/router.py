@@ -22,6 +22,7 @@ import httpx
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
 from api.gateway.routing import RoundRobin, Route, RoutingPolicy, RoutingTable
 from api.store import ModelStore
+from api.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Gateway:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         self.table = RoutingTable()
-        self._changed = asyncio.Event()
+        self._changed = Wakeup()
         self._task: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
         self._miss_lock = asyncio.Lock()
@@ -92,10 +93,11 @@ class Gateway:
         return self.table.lookup(name)
 
     def notify_change(self) -> None:
-        """Rebuild the table soon: called by the frontend after a write in this process."""
+        """Rebuild the table soon: called, from any thread, after a write in this process."""
         self._changed.set()
 
     async def start(self) -> None:
+        self._changed.bind()
         await self.refresh()
         self._task = asyncio.create_task(self._refresh_loop(), name="gateway-refresh")
 
@@ -108,9 +110,7 @@ class Gateway:
 
     async def _refresh_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._refresh_interval_s)
-            self._changed.clear()
+            await self._changed.wait(self._refresh_interval_s)
             try:
                 await self.refresh()
             except Exception:

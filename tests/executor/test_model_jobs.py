@@ -198,3 +198,18 @@ async def test_update_meanwhile_is_not_overwritten(store: SqliteModelStore) -> N
     assert after is not None
     assert after.max_instance == 6
     assert after.status is ModelStatus.ACTIVE
+
+
+async def test_observed_changes_are_announced(store: SqliteModelStore) -> None:
+    announced: list[str] = []
+    record = store.create(_record())
+    executor = ModelJobExecutor(
+        store, FakeDeployer(), interval_s=1, lease_ttl_s=30, retry=RETRY, owner="a",
+        clock=lambda: 0.0, on_observed=lambda: announced.append("changed"),
+    )  # fmt: skip
+    await executor.run_once()
+    assert store.get(record.id).status is ModelStatus.ACTIVE  # type: ignore[union-attr]
+    assert announced
+    announced.clear()
+    await executor.run_once()  # nothing changed: nothing to announce
+    assert announced == []
