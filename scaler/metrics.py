@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.records import ModelRecord
@@ -69,10 +70,12 @@ def histogram_quantile(quantile: float, buckets: Mapping[float, float]) -> float
     return bounds[-1]
 
 
-def parse_histograms(text: str, model_name: str, names: Iterable[str]) -> dict[str, Buckets]:
+def parse_histograms(
+    families: Iterable[Metric], model_name: str, names: Iterable[str]
+) -> dict[str, Buckets]:
     wanted = set(names)
     found: dict[str, Buckets] = {}
-    for family in text_string_to_metric_families(text):
+    for family in families:
         if family.name not in wanted:
             continue
         for sample in family.samples:
@@ -87,10 +90,12 @@ def parse_histograms(text: str, model_name: str, names: Iterable[str]) -> dict[s
     return found
 
 
-def parse_gauges(text: str, model_name: str, names: Iterable[str]) -> dict[str, float]:
+def parse_gauges(
+    families: Iterable[Metric], model_name: str, names: Iterable[str]
+) -> dict[str, float]:
     wanted = set(names)
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in families:
         if family.name in wanted:
             for sample in family.samples:
                 if sample.labels.get("model_name") == model_name:
@@ -125,7 +130,8 @@ class EngineScrapeSource:
                                endpoint.url, exc)  # fmt: skip
                 continue
             scraped += 1
-            current = parse_histograms(response.text, record.name, (TTFT_METRIC, *TPOT_METRICS))
+            families = list(text_string_to_metric_families(response.text))
+            current = parse_histograms(families, record.name, (TTFT_METRIC, *TPOT_METRICS))
             key = (record.id, endpoint.instance_id)
             previous = self._previous.get(key, {})
             self._previous[key] = current
@@ -134,7 +140,7 @@ class EngineScrapeSource:
                 for bound, count in _delta(buckets, previous.get(name)).items():
                     merged[bound] = merged.get(bound, 0.0) + count
             for name, value in parse_gauges(
-                response.text, record.name, (WAITING_METRIC, RUNNING_METRIC)
+                families, record.name, (WAITING_METRIC, RUNNING_METRIC)
             ).items():
                 gauges[name] = gauges.get(name, 0.0) + value
         if scraped == 0:
