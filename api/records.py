@@ -99,6 +99,10 @@ class ModelRecord(BaseModel):
     # Optimistic concurrency: bumped by the store on every successful write.
     revision: int = 0
 
+    def within_bounds(self, replicas: int) -> int:
+        """``replicas`` moved into ``[min_instance, max_instance]``."""
+        return max(self.min_instance, min(self.max_instance, replicas))
+
     @property
     def deleting(self) -> bool:
         return self.status is ModelStatus.DELETING

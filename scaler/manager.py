@@ -98,7 +98,7 @@ class TaskExecutorManager:
             record = self._store.get(seen.id)
             if record is None or record.generation != seen.generation:
                 return  # the model changed meanwhile; the next pass decides afresh
-            record.replicas = max(record.min_instance, min(record.max_instance, replicas))
+            record.replicas = record.within_bounds(replicas)
             record.generation += 1
             record.status = ModelStatus.UPDATING
             record.status_msg = f"scaling to {record.replicas} instances"

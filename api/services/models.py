@@ -26,10 +26,6 @@ MAX_WRITE_ATTEMPTS = 20
 DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
 
 
-def clamp(value: int, lower: int, upper: int) -> int:
-    return max(lower, min(upper, value))
-
-
 class ModelService:
     def __init__(
         self,
@@ -138,7 +134,7 @@ class ModelService:
             check_resource_type(merged.type, merged.resource_type)
         except ValueError as exc:
             raise InvalidRequest(f"resource_type: {exc}", param="resource_type") from exc
-        merged.replicas = clamp(record.replicas, merged.min_instance, merged.max_instance)
+        merged.replicas = merged.within_bounds(record.replicas)
         if any(getattr(merged, f) != getattr(record, f) for f in DEPLOYMENT_FIELDS):
             merged.generation = record.generation + 1
             merged.attempts = 0
