@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from api.deployers.local import LocalDeployer
 from api.engine.launch import engine_command
 from api.records import Pvc
 from api.settings import Settings
+from tests.conftest import free_port
 
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -284,7 +284,7 @@ async def test_a_new_deployer_kills_engines_a_killed_aif_left(
 @pytest.fixture
 def stray_engine(model_id: str) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
     """A stand-in engine started without PDEATHSIG, as if an earlier aif had left it."""
-    argv = fake_command("simulator", make_spec(model_id, 1), _free_port(), [])
+    argv = fake_command("simulator", make_spec(model_id, 1), free_port(), [])
     process = subprocess.Popen(argv, start_new_session=True)
     try:
         yield process, argv
@@ -391,13 +391,6 @@ def write_record(
               "create_time": psutil.Process(pid).create_time() + skew_s, "argv": argv,
               "generation": 1, "owner_pid": owner[0], "owner_create_time": owner[1]}  # fmt: skip
     path.write_text(json.dumps(record), encoding="utf-8")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

@@ -7,18 +7,17 @@ client disconnects and injected stalls free the engine. Every process is killed 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import free_port, wait_until
 
 MODEL = "sim-chat"
 MODEL_TYPE = "DeepSeek-R1-Distill-Qwen-7B"
@@ -47,22 +46,8 @@ REQUIRED_SAMPLES = [
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(0.02)
+# How long a simulator may take to start or to settle after a request.
+SETTLE_TIMEOUT_S = 15.0
 
 
 class Simulator:
@@ -123,7 +108,7 @@ class Simulator:
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     sim = Simulator(tmp_path_factory.mktemp("sim"), "--startup-delay-s", "0", "--seed", "3")
     try:
-        wait_until(lambda: sim.status("/health") == 200)
+        wait_until(lambda: sim.status("/health") == 200, timeout_s=SETTLE_TIMEOUT_S)
         yield sim
     finally:
         sim.stop()
@@ -226,7 +211,9 @@ def test_a_client_disconnect_frees_the_sequence(simulator: Simulator) -> None:
         assert next(lines).startswith("data: ")
         assert simulator.value("vllm:num_requests_running") == 1
         assert simulator.value("vllm:kv_cache_usage_perc") > 0
-    wait_until(lambda: simulator.value("vllm:num_requests_running") == 0)
+    wait_until(
+        lambda: simulator.value("vllm:num_requests_running") == 0, timeout_s=SETTLE_TIMEOUT_S
+    )
     assert simulator.value("vllm:kv_cache_usage_perc") == 0
     aborted = simulator.value("vllm:request_success_total", finished_reason="abort")
     assert aborted == aborted_before + 1
@@ -245,13 +232,18 @@ def test_an_injected_stall_hangs_the_stream_after_n_tokens(simulator: Simulator)
             tokens = [next(lines), next(lines)]
             assert all(line.startswith("data: {") for line in tokens)
             # The stalled request no longer holds the engine, but its stream stays open.
-            wait_until(lambda: simulator.value("vllm:num_requests_running") == 0)
+            wait_until(
+                lambda: simulator.value("vllm:num_requests_running") == 0,
+                timeout_s=SETTLE_TIMEOUT_S,
+            )
             with pytest.raises(httpx.ReadTimeout):
                 next(lines)
         # A plain request stalls too: no response until the client gives up.
         with pytest.raises(httpx.ReadTimeout):
             http.post("/v1/completions", json=body, timeout=0.5)
-        wait_until(lambda: simulator.value("vllm:num_requests_running") == 0)
+        wait_until(
+            lambda: simulator.value("vllm:num_requests_running") == 0, timeout_s=SETTLE_TIMEOUT_S
+        )
     finally:
         http.post("/admin/faults", json={"stall_after_tokens": None})
     assert http.post("/v1/completions", json={**body, "max_tokens": 3}).status_code == 200
@@ -260,7 +252,7 @@ def test_an_injected_stall_hangs_the_stream_after_n_tokens(simulator: Simulator)
 def test_startup_delay_and_sigterm(spawn: Callable[..., Simulator]) -> None:
     sim = spawn("--startup-delay-s", "60", "--error-rate", "1.0")
     # The port listens at once; health says 503 until the simulated model load is over.
-    assert wait_until(lambda: sim.status("/health")) == 503
+    assert wait_until(lambda: sim.status("/health"), timeout_s=SETTLE_TIMEOUT_S) == 503
     assert sim.http.post("/v1/chat/completions", json={"messages": []}).status_code == 400
     assert sim.http.get("/metrics").status_code == 200
     returncode = sim.stop()
@@ -271,7 +263,7 @@ def test_startup_delay_and_sigterm(spawn: Callable[..., Simulator]) -> None:
 
 def test_error_rate_flag_fails_requests(spawn: Callable[..., Simulator]) -> None:
     sim = spawn("--startup-delay-s", "0", "--error-rate", "1.0")
-    wait_until(lambda: sim.status("/health") == 200)
+    wait_until(lambda: sim.status("/health") == 200, timeout_s=SETTLE_TIMEOUT_S)
     response = sim.http.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
     assert response.status_code == 500
     assert response.json()["error"]["code"] == 500
