@@ -15,15 +15,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.deployers.base import Deployer
+from api.chat_job_executor import Gateway
 from api.errors import install_error_handlers
-from api.executor.model_jobs import ModelJobExecutor, RetryPolicy
-from api.gateway.router import Gateway
 from api.middleware import BodySizeLimit
+from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, models
 from api.services.models import ModelService
-from api.settings import Settings
-from api.store import ModelStore, open_store
+from api.store import open_store
+from domain.deployment import Deployer
+from domain.settings import Settings
+from domain.store import ModelStore
 from scaler import EngineScrapeSource, PolicyConfig, TaskExecutorManager
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from api.app import ALL_ROLES, Role, create_app
 from api.errors import describe_validation_errors
-from api.settings import Settings
+from domain.settings import Settings
 
 app = typer.Typer(
     help="aif: register, deploy, scale and serve large language models.",
@@ -111,11 +111,11 @@ def render(
     ],
 ) -> None:
     """Print the Kubernetes manifests of a model as multi-document YAML, with no cluster."""
-    from infra.manifests import ClusterConfig, render_documents
+    from infra.manifests import render_documents
 
     body = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     try:
-        documents = render_documents(body, ClusterConfig.from_settings(_settings()))
+        documents = render_documents(body, _settings().cluster)
     except ValidationError as exc:
         message, _ = describe_validation_errors(list(exc.errors()))
         err_console.print(f"[red]invalid model:[/red] {message}")

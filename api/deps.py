@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.gateway.router import Gateway
+from api.chat_job_executor import Gateway
 from api.services.models import ModelService
 
 

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from api.records import ModelRecord, ModelStatus, format_timestamp
-from infra.models import load_presets
+from domain.presets import load_presets
+from domain.records import ModelRecord, ModelStatus, format_timestamp
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_MAX_CHARS = 63

@@ -19,8 +19,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from api.deployers.base import DeploymentSpec, DeploymentState, Phase
-from api.records import Endpoint
+from domain.deployment import DeploymentSpec, DeploymentState, Phase
+from domain.records import Endpoint
 from infra.manifests import ENGINE_PORT, k8s_name, service_name
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """One pure function from a model to its Kubernetes objects.
 
-:func:`render_model` turns a :class:`~api.deployers.base.DeploymentSpec` and its preset into
+:func:`render_model` turns a :class:`~domain.deployment.DeploymentSpec` and its preset into
 plain dicts: a ``LeaderWorkerSet`` in the shape of the product's template, a ClusterIP
 ``Service`` in front of the group leaders and, when asked, a Prometheus ``PodMonitor``.
 :func:`render_documents` does the same for a register body and prints YAML (``aif render``).
@@ -34,21 +34,18 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from api.deployers.base import DeploymentSpec
-from api.records import Pvc
 from api.schemas import ModelCreate
-from infra.models import Preset, load_presets
+from domain.deployment import DeploymentSpec
+from domain.presets import Preset, load_presets
+from domain.records import Pvc
+from domain.settings import ClusterConfig
 from infra.sizing import Parallelism, plan_parallelism
 from infra.sizing import SizingError as SizingError  # render_model's error, for its callers
 from infra.vllm_args import vllm_args
-
-if TYPE_CHECKING:
-    from api.settings import Settings
 
 Manifest = dict[str, Any]
 
@@ -80,31 +77,6 @@ CACHE_MOUNT = "/mnt/aif/cache"
 # The leader pod of a group pulls the same image as its workers; a cold pull can take minutes.
 RAY_JOIN_TIMEOUT_S = 900
 SINGLE_NODE_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """What the target cluster adds to every model: namespace, scheduler, image, cache."""
-
-    namespace: str = "aif-models"
-    image: str = ""  # overrides the preset's image when set
-    scheduler_name: str = ""
-    volcano_queue: str = ""
-    cache_pvc: str = ""
-    pod_monitor: bool = False
-    max_accelerators_per_node: int = 8
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ClusterConfig:
-        return cls(
-            namespace=settings.namespace,
-            image=settings.engine_image,
-            scheduler_name=settings.scheduler_name,
-            volcano_queue=settings.volcano_queue,
-            cache_pvc=settings.cache_pvc,
-            pod_monitor=settings.pod_monitor,
-            max_accelerators_per_node=settings.max_accelerators_per_node,
-        )
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -265,7 +237,7 @@ def _container(
         weights |= {"name": "cache", "subPath": _cache_path(spec.pvc)}
     container: dict[str, Any] = {
         "name": profile.container_name,
-        "image": cluster.image or profile.image,
+        "image": cluster.engine_image or profile.image,
         "imagePullPolicy": "IfNotPresent",
         **run,
         "env": [{"name": k, "value": _literal(v)} for k, v in env.items()],

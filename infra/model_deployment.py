@@ -27,10 +27,11 @@ from pulumi_kubernetes.apiextensions import CustomResource
 from pulumi_kubernetes.core.v1 import Service
 from pulumi_kubernetes.meta.v1 import ObjectMetaArgs
 
-from api.deployers.base import DeploymentSpec
-from api.records import Pvc
-from infra.manifests import ENGINE_PORT, ClusterConfig, Manifest, render_model
-from infra.models import load_presets
+from domain.deployment import DeploymentSpec
+from domain.presets import load_presets
+from domain.records import Pvc
+from domain.settings import ClusterConfig
+from infra.manifests import ENGINE_PORT, Manifest, render_model
 
 COMPONENT_TYPE = "aif:index:ModelDeployment"
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
@@ -74,7 +75,7 @@ class ModelDeploymentArgs:
             pvc_path=spec.pvc.path,
             generation=spec.generation,
             namespace=cluster.namespace,
-            image=cluster.image,
+            image=cluster.engine_image,
             scheduler_name=cluster.scheduler_name,
             volcano_queue=cluster.volcano_queue,
             cache_pvc=cluster.cache_pvc,
@@ -97,7 +98,7 @@ class ModelDeploymentArgs:
     def to_cluster(self) -> ClusterConfig:
         return ClusterConfig(
             namespace=self.namespace,
-            image=self.image,
+            engine_image=self.image,
             scheduler_name=self.scheduler_name,
             volcano_queue=self.volcano_queue,
             cache_pvc=self.cache_pvc,

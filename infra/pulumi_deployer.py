@@ -41,12 +41,12 @@ from typing import Any, Literal
 import pulumi
 from pulumi import automation as auto
 
-from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
-from api.settings import Settings
+from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.presets import load_presets
+from domain.settings import ClusterConfig, Settings
 from infra.cluster_observer import ClusterObserver, ClusterSnapshot, KubernetesObserver, diagnose
-from infra.manifests import LWS_NAME_LABEL, ClusterConfig, SizingError, k8s_name, render_model
+from infra.manifests import LWS_NAME_LABEL, SizingError, k8s_name, render_model
 from infra.model_deployment import ModelDeployment, ModelDeploymentArgs
-from infra.models import load_presets
 from infra.stacks import Progress, StackWorkspace, run_cli
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class _Operation:
 
 
 class PulumiDeployer:
-    """:class:`~api.deployers.base.Deployer` for ``runtime = "kubernetes"``."""
+    """:class:`~domain.deployment.Deployer` for ``runtime = "kubernetes"``."""
 
     def __init__(
         self,
@@ -152,7 +152,7 @@ class PulumiDeployer:
         stale_lock_age_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._cluster = ClusterConfig.from_settings(settings)
+        self._cluster = settings.cluster
         state_dir = (settings.data_dir / "pulumi-state").resolve()
         self._stacks = StackWorkspace(
             PROJECT_NAME,

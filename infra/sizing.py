@@ -9,7 +9,7 @@ at once and returns a :class:`Parallelism`, or raises :class:`SizingError` namin
 
 Pure functions of a preset and the cluster's cards per node; nothing here renders objects or
 talks to a cluster. Turning a plan into pods (and the Ray launch that joins them) is left to
-:mod:`infra.manifests`; the cards' memory sizes come from :data:`infra.models.CARD_MEMORY_GB`.
+:mod:`infra.manifests`; the cards' memory sizes come from :data:`domain.presets.CARD_MEMORY_GB`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from infra.models import CARD_MEMORY_GB, Preset, ResourceProfile, VllmArgs
+from domain.presets import CARD_MEMORY_GB, Preset, ResourceProfile, VllmArgs
 
 # Peak activations of a max_num_batched_tokens prefill plus runtime buffers, per card.
 ACTIVATION_HEADROOM_GB_PER_CARD = 4.0

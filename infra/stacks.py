@@ -2,7 +2,7 @@
 
 :class:`StackWorkspace` creates or selects a stack in its own work dir under one backend, with
 the passphrase secrets provider, and runs CLI calls on it, turning the CLI's errors into
-:class:`~api.deployers.base.DeployerError` with its last meaningful line (:func:`cli_message`).
+:class:`~domain.deployment.DeployerError` with its last meaningful line (:func:`cli_message`).
 A stack locked by a live update raises ``DeployerError(reason="StackLocked")`` for the caller
 to retry; a lock whose owner is known dead (its pid gone on this host, or older than
 ``stale_lock_age_s`` when held from another host) is cancelled and the call run once more.
@@ -30,7 +30,7 @@ import psutil
 from pulumi import automation as auto
 from pydantic import SecretStr
 
-from api.deployers.base import DeployerError
+from domain.deployment import DeployerError
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """vLLM's engine arguments for a preset: the one list both the cluster and local engines use.
 
-:func:`vllm_args` turns a preset's :class:`~infra.models.VllmArgs` and a parallelism into
+:func:`vllm_args` turns a preset's :class:`~domain.presets.VllmArgs` and a parallelism into
 vLLM ``api_server`` flags, so a model is served with the same batch, context and memory
 limits on a laptop as in its pods. It leaves to its callers what differs between them: the
 model path, the served model name, host and port, where the preset's ``extra_args`` go, and
-any quoting the target needs (:mod:`infra.manifests` for LWS pods, :mod:`api.engine.launch`
+any quoting the target needs (:mod:`infra.manifests` for LWS pods, :mod:`api.deployers.launch`
 for local processes). Imports neither Pulumi nor FastAPI.
 """
 
 from __future__ import annotations
 
-from infra.models import VllmArgs
+from domain.presets import VllmArgs
 
 
 def vllm_args(

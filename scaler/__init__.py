@@ -3,13 +3,13 @@
 - :mod:`scaler.metrics`: where latency percentiles come from (``MetricsSource``), today the
   engines' own ``/metrics`` scraped directly.
 - :mod:`scaler.policy`: the decision as a pure function of a context and a state.
-- :mod:`scaler.manager`: the loop that fetches, decides and writes desired replicas to the
-  store, where the model-job-executor picks them up.
+- :mod:`scaler.task_executor_manager`: the role's loop, which fetches, decides and writes
+  desired replicas to the store, where the model-job-executor picks them up.
 """
 
-from scaler.manager import TaskExecutorManager
 from scaler.metrics import EngineScrapeSource, LatencySnapshot, MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
+from scaler.task_executor_manager import TaskExecutorManager
 
 __all__ = [
     "Decision",

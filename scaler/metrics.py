@@ -18,7 +18,7 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.records import ModelRecord
+from domain.records import ModelRecord
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from domain.records import within_bounds
 from scaler.metrics import LatencySnapshot
 
 
@@ -77,16 +78,12 @@ def recommended(ctx: ScalingContext, ratio: float | None, config: PolicyConfig) 
     return ctx.replicas
 
 
-def bounded(replicas: int, ctx: ScalingContext) -> int:
-    return max(ctx.min_instance, min(ctx.max_instance, replicas))
-
-
 def decide(
     ctx: ScalingContext, state: ScalingState, config: PolicyConfig | None = None
 ) -> tuple[Decision, ScalingState]:
     config = config or PolicyConfig()
     ratio = load_ratio(ctx)
-    target = bounded(recommended(ctx, ratio, config), ctx)
+    target = within_bounds(recommended(ctx, ratio, config), ctx.min_instance, ctx.max_instance)
     if target == ctx.replicas:
         return Decision(ctx.replicas, "within target", ratio), ScalingState()
     if state.proposed_replicas == 0 or (target > ctx.replicas) != (

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import Settings
 from api.store.sqlite import SqliteModelStore
+from domain.settings import Settings
 from tests.fakes import FakeDeployer
 
 

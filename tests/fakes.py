@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
-from api.records import Endpoint
+from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.records import Endpoint
 
 
 @dataclass

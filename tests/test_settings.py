@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from api.app import build_deployer
 from api.deployers.local import LocalDeployer
-from api.settings import Settings
+from domain.settings import Settings
 from infra.pulumi_deployer import PulumiDeployer
 
 

@@ -1,5 +1,5 @@
-"""Where models run. :mod:`api.deployers.base` is the protocol; implementations beside it."""
+"""Where models run. :mod:`domain.deployment` is the protocol; implementations beside it."""
 
-from api.deployers.base import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.deployment import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
 
 __all__ = ["Deployer", "DeployerError", "DeploymentSpec", "DeploymentState", "Phase"]

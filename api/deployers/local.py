@@ -25,7 +25,7 @@ No engine outlives aif:
   per model, until the model is removed.
 
 Left to others: how many replicas to run (the executor and the scaler), routing requests to
-endpoints (the gateway), each engine kind's command line (:mod:`api.engine.launch`), and the
+endpoints (the gateway), each engine kind's command line (:mod:`api.deployers.launch`), and the
 process mechanics described above: spawning, stopping, instance records and orphan detection
 (:mod:`api.deployers._processes`).
 """
@@ -60,10 +60,10 @@ from api.deployers._processes import (
     terminate,
     write_json,
 )
-from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
-from api.engine.launch import ENGINE_HOST, engine_command, engine_env, health_path
-from api.records import Endpoint
-from api.settings import Settings
+from api.deployers.launch import ENGINE_HOST, engine_command, engine_env, health_path
+from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.records import Endpoint
+from domain.settings import Settings
 
 CommandBuilder = Callable[[str, DeploymentSpec, int, list[str]], list[str]]
 
@@ -111,7 +111,7 @@ class LocalDeployer:
     """The embedded deployer: engine processes on this machine (see the module docstring).
 
     ``command_builder(engine, spec, port, extra_args)`` gives an engine's argv; by default
-    :func:`api.engine.launch.engine_command` with weights under ``settings.data_dir``.
+    :func:`api.deployers.launch.engine_command` with weights under ``settings.data_dir``.
     """
 
     def __init__(self, settings: Settings, command_builder: CommandBuilder | None = None) -> None:

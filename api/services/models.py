@@ -13,14 +13,11 @@ import logging
 from collections.abc import Callable
 
 from api.errors import InvalidRequest, ModelConflict, ModelNotFound
-from api.records import ModelRecord, ModelStatus, Pvc, Slo
 from api.schemas import ModelCreate, ModelUpdate, check_resource_type
-from api.store import DuplicateName, ModelStore, RecordNotFound, RevisionConflict
+from domain.records import ModelRecord, ModelStatus, Pvc, Slo
+from domain.store import Change, DuplicateName, ModelStore, WriteContention, rewrite
 
 logger = logging.getLogger(__name__)
-
-# A write that loses the race this many times in a row is reported, not retried forever.
-MAX_WRITE_ATTEMPTS = 20
 
 # Fields whose change means the running deployment must change.
 DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
@@ -98,27 +95,21 @@ class ModelService:
         )  # fmt: skip
         return stored
 
-    def _rewrite(
-        self, ref: str, change: Callable[[ModelRecord], ModelRecord | None]
-    ) -> ModelRecord:
-        """Read-modify-write under compare-and-set, retried when another writer wins the race.
-
-        ``change`` returns the record to store, or None when there is nothing to write.
-        """
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            record = self.get(ref)
-            changed = change(record)
-            if changed is None:
-                return record
-            try:
-                stored = self._store.replace(changed)
-            except RevisionConflict:
-                continue
-            except RecordNotFound as exc:
-                raise ModelNotFound(f"model {ref!r} not found", param="id") from exc
+    def _rewrite(self, ref: str, change: Change) -> ModelRecord:
+        """Read-modify-write of the model ``ref`` names (see :func:`domain.store.rewrite`)."""
+        model_id = self.get(ref).id
+        try:
+            result = rewrite(self._store, model_id, change)
+        except WriteContention as exc:
+            raise ModelConflict(
+                f"model {ref!r} is changing too fast; try again", param="id"
+            ) from exc
+        if result is None:
+            raise ModelNotFound(f"model {ref!r} not found", param="id")
+        stored, written = result
+        if written:
             self._on_change()
-            return stored
-        raise ModelConflict(f"model {ref!r} is changing too fast; try again", param="id")
+        return stored
 
     def _merge(self, record: ModelRecord, changes: dict[str, object]) -> ModelRecord:
         merged = ModelRecord.model_validate({**record.model_dump(), **changes})

@@ -1,39 +1,19 @@
-"""Persistence of model records: the :class:`ModelStore` protocol and its two stores.
+"""The two implementations of :class:`~domain.store.ModelStore`, and choosing between them.
 
-Error hierarchy (all from :mod:`api.store.base`)::
-
-    StoreError
-    ├── DuplicateName       a model with that name exists (HTTP 409)
-    ├── RevisionConflict    the record changed since it was read; re-read and retry
-    └── RecordNotFound      no record with that id (HTTP 404)
-
-:func:`open_store` picks the store from the settings: MongoDB when ``mongodb_url`` is set,
-else the embedded SQLite file in ``data_dir``. Mapping errors to HTTP is left to the app.
+The protocol, its errors and the read-modify-write helper are the domain's
+(:mod:`domain.store`, :mod:`domain.errors`). :func:`open_store` picks the store from the
+settings: MongoDB when ``mongodb_url`` is set, else the embedded SQLite file in ``data_dir``.
+Mapping errors to HTTP is left to the app.
 """
 
 from __future__ import annotations
 
-from api.settings import Settings
-from api.store.base import (
-    DuplicateName,
-    ModelStore,
-    RecordNotFound,
-    RevisionConflict,
-    StoreError,
-)
 from api.store.mongo import MongoModelStore
 from api.store.sqlite import SqliteModelStore
+from domain.settings import Settings
+from domain.store import ModelStore
 
-__all__ = [
-    "DuplicateName",
-    "ModelStore",
-    "MongoModelStore",
-    "RecordNotFound",
-    "RevisionConflict",
-    "SqliteModelStore",
-    "StoreError",
-    "open_store",
-]
+__all__ = ["MongoModelStore", "SqliteModelStore", "open_store"]
 
 SQLITE_FILE_NAME = "aif.db"
 

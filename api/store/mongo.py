@@ -12,7 +12,7 @@ any client, so tests can pass a fake at the pymongo boundary. The store owns its
 closes it in :meth:`MongoModelStore.close`.
 
 Left to others: choosing the store (:func:`api.store.open_store`), retrying on
-:class:`~api.store.base.RevisionConflict` (the callers), and the embedded store
+:class:`~domain.store.RevisionConflict` (the callers), and the embedded store
 (:mod:`api.store.sqlite`).
 """
 
@@ -27,8 +27,8 @@ import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from api.records import ModelRecord
-from api.store.base import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+from domain.records import ModelRecord
+from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _from_document(document: Document) -> ModelRecord:
 
 
 class MongoModelStore:
-    """A :class:`~api.store.base.ModelStore` in the collection ``database.collection``."""
+    """A :class:`~domain.store.ModelStore` in the collection ``database.collection``."""
 
     def __init__(
         self,

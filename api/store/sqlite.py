@@ -12,7 +12,7 @@ statement, so compare-and-set on ``revision`` needs no explicit transaction. Con
 from a small pool, one per concurrent caller, so reads run in parallel.
 
 Left to others: choosing the store and its location (:func:`api.store.open_store`), retrying
-on :class:`~api.store.base.RevisionConflict` (the callers), and the MongoDB store
+on :class:`~domain.store.RevisionConflict` (the callers), and the MongoDB store
 (:mod:`api.store.mongo`).
 """
 
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from api.records import ModelRecord
-from api.store.base import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+from domain.records import ModelRecord
+from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class _ConnectionPool:
 
 
 class SqliteModelStore:
-    """A :class:`~api.store.base.ModelStore` in one SQLite file at ``path``."""
+    """A :class:`~domain.store.ModelStore` in one SQLite file at ``path``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -50,7 +50,7 @@ ROLES: tuple[RoleSpec, ...] = (
 
 
 def settings_env(config: InstallConfig) -> dict[str, str]:
-    """The non-secret ``AIF_*`` settings every role reads (see :mod:`api.settings`)."""
+    """The non-secret ``AIF_*`` settings every role reads (see :mod:`domain.settings`)."""
     env = {
         "AIF_ENVIRONMENT": config.environment,
         "AIF_HOST": "0.0.0.0",

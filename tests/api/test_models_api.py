@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.deployers.base import Phase
-from api.records import ModelRecord
 from api.store.sqlite import SqliteModelStore
+from domain.deployment import Phase
+from domain.records import ModelRecord
 from tests.conftest import register_body, wait_until
 from tests.fakes import FakeDeployer
 

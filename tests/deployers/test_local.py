@@ -23,11 +23,11 @@ import httpx
 import psutil
 import pytest
 
-from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
+from api.deployers.launch import engine_command
 from api.deployers.local import LocalDeployer
-from api.engine.launch import engine_command
-from api.records import Pvc
-from api.settings import Settings
+from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.records import Pvc
+from domain.settings import Settings
 from tests.conftest import free_port
 
 FAKE_ENGINE = str(Path(__file__).with_name("fake_engine.py"))
@@ -113,7 +113,7 @@ def reaper(model_id: str) -> Iterator[None]:
     simulators = [
         child
         for child in psutil.Process().children(recursive=True)
-        if "api.engine.simulator" in _cmdline(child)
+        if "simulator" in _cmdline(child)
     ]
     leftovers = fake_engines(model_id) + simulators
     for process in leftovers:
@@ -324,7 +324,7 @@ async def test_a_new_deployer_spares_what_it_does_not_own(
 
 
 async def test_the_real_simulator_serves(settings: Settings, model_id: str) -> None:
-    pytest.importorskip("api.engine.simulator")
+    pytest.importorskip("simulator")
     deployer = LocalDeployer(settings)
     try:
         state = await settle(deployer, make_spec(model_id, 1), Phase.READY)
@@ -340,7 +340,7 @@ def test_launch_commands(tmp_path: Path) -> None:
     spec = make_spec("m", 1)
     argv = engine_command("simulator", spec, 8001, ["--fault", "x"])
     assert argv[1:] == [
-        "-m", "api.engine.simulator", "--host", "127.0.0.1", "--port", "8001",
+        "-m", "simulator", "--host", "127.0.0.1", "--port", "8001",
         "--served-model-name", "chat", "--model-type", PRESET, "--fault", "x",
     ]  # fmt: skip
     with pytest.raises(DeployerError, match="unknown engine"):
@@ -354,10 +354,10 @@ DISABLE_PDEATHSIG = "import api.deployers._processes as m; m._die_with_parent_ho
 AIF_CHILD = """
 import asyncio, sys
 from pathlib import Path
-from api.deployers.base import DeploymentSpec, Phase
+from domain.deployment import DeploymentSpec, Phase
 from api.deployers.local import LocalDeployer
-from api.records import Pvc
-from api.settings import Settings
+from domain.records import Pvc
+from domain.settings import Settings
 
 fake_engine, data_dir, model_id = sys.argv[1:4]
 

@@ -26,7 +26,7 @@ def engine_processes(model_name: str) -> list[psutil.Process]:
         cmdline = proc.info["cmdline"] or []
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        if "api.engine.simulator" in cmdline and model_name in cmdline:
+        if "simulator" in cmdline and model_name in cmdline:
             found.append(proc)
     return found
 

@@ -1,4 +1,4 @@
-"""The simulator as aif runs it: ``python -m api.engine.simulator`` on a free port.
+"""The simulator as aif runs it: ``python -m simulator`` on a free port.
 
 The official ``openai`` client consumes it (plain and streamed), the metrics are vLLM's, and
 client disconnects and injected stalls free the engine. Every process is killed on teardown.
@@ -56,7 +56,7 @@ class Simulator:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"simulator-{self.port}.log"
         argv = [
-            sys.executable, "-m", "api.engine.simulator",
+            sys.executable, "-m", "simulator",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--served-model-name", MODEL, "--model-type", MODEL_TYPE, *args,
         ]  # fmt: skip
@@ -271,7 +271,7 @@ def test_error_rate_flag_fails_requests(spawn: Callable[..., Simulator]) -> None
 
 def test_an_unknown_model_type_exits_with_a_clear_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "api.engine.simulator", "--port", "1",
+        [sys.executable, "-m", "simulator", "--port", "1",
          "--served-model-name", MODEL, "--model-type", "no-such-model"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip

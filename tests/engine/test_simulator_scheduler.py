@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from api.engine.simulator import (
+from simulator import (
     Engine,
     EngineConfig,
     FinishedSequence,
@@ -18,8 +18,8 @@ from api.engine.simulator import (
     TokenEvent,
     step_cost_s,
 )
-from api.engine.simulator.kv_cache import BlockPool, PrefixCache, blocks_for
-from api.engine.simulator.metrics import buckets_1_2_5
+from simulator.kv_cache import BlockPool, PrefixCache, blocks_for
+from simulator.metrics import buckets_1_2_5
 
 CONFIG = EngineConfig(
     served_model_name="m",

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from api.engine.simulator import EngineConfig, Faults, build_app
+from simulator import EngineConfig, Faults, build_app
 
 MODEL = "tiny"
 CONFIG = EngineConfig(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from api.deployers.base import DeployerError, DeploymentSpec, DeploymentState, Phase
-from api.executor.model_jobs import ModelJobExecutor, RetryPolicy
-from api.records import ModelRecord, ModelStatus, Pvc, Slo
+from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.store.sqlite import SqliteModelStore
+from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.records import ModelRecord, ModelStatus, Pvc, Slo
 from tests.fakes import FakeDeployer
 
 RETRY = RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_max_s=4.0)

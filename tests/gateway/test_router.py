@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.chat_job_executor import Gateway
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
-from api.gateway.router import Gateway
-from api.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
 from api.store.sqlite import SqliteModelStore
+from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
 
 
 @pytest.fixture

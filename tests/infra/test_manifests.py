@@ -17,22 +17,21 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from api.deployers.base import DeploymentSpec
-from api.records import Pvc
-from api.settings import Settings
+from domain.deployment import DeploymentSpec
+from domain.presets import SUPPORTED_RESOURCE_TYPES, Preset, load_presets
+from domain.records import Pvc
+from domain.settings import ClusterConfig, Settings
 from infra.manifests import (
     CACHE_MARKER,
     CACHE_SCRIPT,
     LWS_NAME_MAX_CHARS,
     WORKER_SCRIPT,
-    ClusterConfig,
     Manifest,
     k8s_name,
     render_documents,
     render_model,
     service_name,
 )
-from infra.models import SUPPORTED_RESOURCE_TYPES, Preset, load_presets
 from infra.sizing import (
     SizingError,
     check_memory,
@@ -51,7 +50,7 @@ CLUSTERS = {
     "default": ClusterConfig(),
     "everything": ClusterConfig(
         namespace="inference",
-        image="registry.example/vllm:custom",
+        engine_image="registry.example/vllm:custom",
         scheduler_name="volcano",
         volcano_queue="llm",
         cache_pvc="sfs-turbo-cache",
@@ -408,7 +407,7 @@ def test_lws_follows_the_products_template() -> None:
 
 def test_missing_version_is_labelled_1_and_image_can_be_overridden() -> None:
     preset = PRESETS["QwQ-32B"]
-    cluster = ClusterConfig(image="registry.example/vllm:mine")
+    cluster = ClusterConfig(engine_image="registry.example/vllm:mine")
     lws = render_model(make_spec(preset, "nvidia.com/gpu", version=""), preset, cluster)[0]
     assert lws["metadata"]["labels"]["xds/version"] == "1"
     leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
@@ -494,9 +493,9 @@ def test_cluster_config_from_settings() -> None:
         pod_monitor=True,
         max_accelerators_per_node=4,
     )
-    assert ClusterConfig.from_settings(settings) == ClusterConfig(
+    assert settings.cluster == ClusterConfig(
         namespace="llm",
-        image="registry.example/vllm:1",
+        engine_image="registry.example/vllm:1",
         scheduler_name="volcano",
         volcano_queue="q1",
         cache_pvc="turbo",

@@ -9,11 +9,12 @@ import pulumi
 import pytest
 from pulumi.runtime import MockCallArgs, MockResourceArgs
 
-from api.deployers.base import DeploymentSpec
-from api.records import Pvc
-from infra.manifests import ClusterConfig, k8s_name, service_name
+from domain.deployment import DeploymentSpec
+from domain.presets import SUPPORTED_RESOURCE_TYPES, load_presets
+from domain.records import Pvc
+from domain.settings import ClusterConfig
+from infra.manifests import k8s_name, service_name
 from infra.model_deployment import COMPONENT_TYPE, ModelDeployment, ModelDeploymentArgs
-from infra.models import SUPPORTED_RESOURCE_TYPES, load_presets
 
 FAKE_CLUSTER_IP = "10.96.0.42"
 LWS_TYPE = "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet"
@@ -137,7 +138,7 @@ def test_args_round_trip_to_spec_and_cluster() -> None:
         "QwQ-32B",
         "nvidia.com/gpu",
         namespace="llm",
-        image="registry.example/vllm:1",
+        engine_image="registry.example/vllm:1",
         scheduler_name="volcano",
         volcano_queue="q",
         cache_pvc="turbo",

@@ -34,9 +34,9 @@ from pulumi.automation.errors import create_command_error
 from pulumi.runtime.proto import events_pb2, events_pb2_grpc
 from semver import VersionInfo
 
-from api.deployers.base import DeployerError, DeploymentSpec, Phase
-from api.records import Pvc
-from api.settings import Settings
+from domain.deployment import DeployerError, DeploymentSpec, Phase
+from domain.records import Pvc
+from domain.settings import Settings
 from infra.cluster_observer import (
     ClusterEvent,
     ContainerProblem,
@@ -44,7 +44,7 @@ from infra.cluster_observer import (
     LwsStatus,
     PodStatus,
 )
-from infra.manifests import LWS_NAME_LABEL, ClusterConfig, k8s_name, service_name
+from infra.manifests import LWS_NAME_LABEL, k8s_name, service_name
 from infra.pulumi_deployer import PROJECT_NAME, PulumiDeployer, desired_stack, model_program
 from infra.stacks import cli_message, lock_owners
 
@@ -674,7 +674,7 @@ def test_cli_message_falls_back_to_the_last_stderr_line() -> None:
 
 @pytest.mark.usefixtures("pulumi_loop")
 def test_the_program_builds_a_model_deployment_from_stack_config(settings: Settings) -> None:
-    desired = desired_stack(make_spec(replicas=3), ClusterConfig.from_settings(settings))
+    desired = desired_stack(make_spec(replicas=3), settings.cluster)
     created: list[pulumi.runtime.MockResourceArgs] = []
 
     class Mocks(pulumi.runtime.Mocks):

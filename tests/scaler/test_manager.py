@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.records import ModelRecord, ModelStatus, Pvc, Slo
 from api.store.sqlite import SqliteModelStore
+from domain.records import ModelRecord, ModelStatus, Pvc, Slo
 from scaler import LatencySnapshot, PolicyConfig, TaskExecutorManager
 
 

@@ -20,7 +20,8 @@ import mongomock
 import pymongo
 import pytest
 
-from api.store import ModelStore, MongoModelStore, SqliteModelStore
+from api.store import MongoModelStore, SqliteModelStore
+from domain.store import ModelStore
 
 StoreFactory = Callable[[], ModelStore]
 

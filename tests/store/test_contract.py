@@ -18,17 +18,10 @@ from typing import Any
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
-from api.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo, format_timestamp
-from api.settings import Settings
-from api.store import (
-    DuplicateName,
-    ModelStore,
-    MongoModelStore,
-    RecordNotFound,
-    RevisionConflict,
-    SqliteModelStore,
-    open_store,
-)
+from api.store import MongoModelStore, SqliteModelStore, open_store
+from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo, format_timestamp
+from domain.settings import Settings
+from domain.store import DuplicateName, ModelStore, RecordNotFound, RevisionConflict
 from tests.store.conftest import StoreFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -318,7 +311,8 @@ INCREMENTS_PER_PROCESS = 30
 _INCREMENT_SCRIPT = """
 import sys
 from pathlib import Path
-from api.store import RevisionConflict, SqliteModelStore
+from api.store import SqliteModelStore
+from domain.store import RevisionConflict
 
 store = SqliteModelStore(Path(sys.argv[1]))
 try:

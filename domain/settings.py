@@ -3,6 +3,11 @@
 Read from the environment with the ``AIF_`` prefix (``AIF_PORT``, ``AIF_DATA_DIR``,
 ``AIF_MONGODB_URL`` ...), then from command-line flags. Outside ``development`` the class
 refuses defaults that are only safe on a laptop.
+
+What a target cluster adds to every model is :class:`ClusterConfig`, the one source of those
+settings: :class:`Settings` inherits its fields (so each is an ``AIF_*`` variable), the model
+stacks carry it whole in their config, and the install program writes it as environment.
+Adding a cluster setting is one field here and its use where manifests are rendered.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PULUMI_PASSPHRASE = "aif-development-only"
@@ -23,8 +28,28 @@ def default_data_dir() -> Path:
     return Path(base) / "aif"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIF_", extra="ignore")
+class ClusterConfig(BaseModel):
+    """What the target cluster adds to every model: namespace, scheduler, image, cache."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str = "aif-models"
+    # Overrides the preset's engine image when set.
+    engine_image: str = ""
+    scheduler_name: str = ""
+    volcano_queue: str = ""
+    # A fast file-storage PVC (SFS Turbo) that weights are copied to before an engine loads.
+    cache_pvc: str = ""
+    pod_monitor: bool = False
+    # Cards one node offers (8 on an Ascend Snt9B or an H100 node); instances needing more span
+    # nodes as one LeaderWorkerSet group.
+    max_accelerators_per_node: int = Field(default=8, ge=1)
+
+
+class Settings(ClusterConfig, BaseSettings):
+    """Every role's settings; the cluster fields come from :class:`ClusterConfig`."""
+
+    model_config = SettingsConfigDict(env_prefix="AIF_", extra="ignore", frozen=False)
 
     environment: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
@@ -54,6 +79,10 @@ class Settings(BaseSettings):
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
 
+    # frontend: where inference goes. Unset: a chat-job-executor in this process; set (on a
+    # cluster, the chat-job-executor Service): forwarded there, so the chat path scales apart.
+    chat_executor_url: str = ""
+
     # chat-job-executor: how often the in-memory routing table is rebuilt from the store.
     routing_refresh_s: float = Field(default=0.5, gt=0)
     upstream_timeout_s: float = Field(default=600.0, gt=0)
@@ -63,11 +92,7 @@ class Settings(BaseSettings):
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)
     scale_downscale_delay_s: float = Field(default=120.0, ge=0)
 
-    # Kubernetes runtime (see infra/).
-    namespace: str = "aif-models"
-    scheduler_name: str = ""
-    volcano_queue: str = ""
-    engine_image: str = ""
+    # Kubernetes runtime (see infra/); what models get on the cluster is ClusterConfig's.
     pulumi_backend_url: str = ""
     pulumi_passphrase: SecretStr = SecretStr(DEFAULT_PULUMI_PASSPHRASE)
     pulumi_work_dir: Path | None = None
@@ -78,11 +103,11 @@ class Settings(BaseSettings):
     # A stack lock held this long from another host is taken to be a dead executor's: far
     # longer than any update of one model takes (its objects are not awaited).
     pulumi_stale_lock_s: float = Field(default=1800.0, gt=0)
-    pod_monitor: bool = False
-    # Cards one node offers (8 on an Ascend Snt9B or an H100 node); instances needing more span
-    # nodes as one LeaderWorkerSet group.
-    max_accelerators_per_node: int = Field(default=8, ge=1)
-    cache_pvc: str = ""
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        """The cluster settings alone, as the deployer and ``aif render`` take them."""
+        return ClusterConfig(**{name: getattr(self, name) for name in ClusterConfig.model_fields})
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

@@ -2,11 +2,11 @@
 
 :meth:`CompletionService.prepare` checks the model name, sizes the prompt, fixes how many
 tokens the request will generate and applies the injected error rate, raising the errors of
-:mod:`api.engine.simulator.errors`. :meth:`CompletionService.complete` and
+:mod:`simulator.errors`. :meth:`CompletionService.complete` and
 :meth:`CompletionService.stream` then submit it to the engine and turn its tokens into words,
 honouring an injected stall: after ``stall_after_tokens`` tokens the request's sequence is
 aborted (freeing its KV blocks) and the request hangs until the client goes away. Routing and
-HTTP framing are left to :mod:`api.engine.simulator.server`.
+HTTP framing are left to :mod:`simulator.server`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
-from api.engine.simulator import protocol
-from api.engine.simulator.config import DEFAULT_MAX_TOKENS, EngineConfig, Faults
-from api.engine.simulator.engine import Engine, EngineStopped, Generation, GenerationRequest
-from api.engine.simulator.errors import (
+from simulator import protocol
+from simulator.config import DEFAULT_MAX_TOKENS, EngineConfig, Faults
+from simulator.engine import Engine, EngineStopped, Generation, GenerationRequest
+from simulator.errors import (
     BadRequest,
     EngineNotReady,
     InjectedFailure,
     ModelNotFound,
     SimulatorError,
 )
-from api.engine.simulator.protocol import ChatCompletionRequest, CompletionRequest, Json
-from api.engine.simulator.sequence import TokenEvent
-from api.engine.simulator.text import (
+from simulator.protocol import ChatCompletionRequest, CompletionRequest, Json
+from simulator.sequence import TokenEvent
+from simulator.text import (
     WordWriter,
     choose_output_tokens,
     estimate_tokens,

@@ -5,7 +5,7 @@ The pool only counts blocks, as the simulator holds no tensors: a sequence owns
 preempted. The prefix cache remembers the hashes of recently computed full prompt blocks
 (least recently used evicted first); a hit lets a new sequence skip prefilling those tokens.
 It models compute saved, not memory shared: a hit does not lower the blocks a sequence
-allocates. Which sequence gets blocks when is decided by :mod:`api.engine.simulator.scheduler`.
+allocates. Which sequence gets blocks when is decided by :mod:`simulator.scheduler`.
 """
 
 from __future__ import annotations

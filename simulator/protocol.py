@@ -3,7 +3,7 @@
 Request models accept unknown fields (``extra="allow"``), as vLLM does, so clients may send
 sampling options the simulator ignores. Response bodies and stream chunks are plain dicts
 built by the functions below. Serving requests is left to
-:mod:`api.engine.simulator.completions`.
+:mod:`simulator.completions`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.engine.simulator.text import render_chat
+from simulator.text import render_chat
 
 OWNED_BY = "aif-simulator"
 Json = dict[str, Any]

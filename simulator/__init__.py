@@ -1,7 +1,7 @@
 """The vLLM-compatible engine simulator: an OpenAI-style HTTP server without a model.
 
 aif starts one simulator process per local model instance (``python -m
-api.engine.simulator``, see :mod:`api.engine.simulator.__main__`). It answers vLLM's routes
+simulator``, see :mod:`simulator.__main__`). It answers vLLM's routes
 with generated words, timed by a continuous-batching scheduler driven by the model preset's
 latency profile, exposes vLLM's Prometheus metrics, and injects failures on request.
 
@@ -14,12 +14,12 @@ and :mod:`.server` (the Starlette app).
 
 from __future__ import annotations
 
-from api.engine.simulator.config import DEFAULT_MAX_TOKENS, EngineConfig, Faults
-from api.engine.simulator.engine import Engine, Generation, GenerationRequest, StepRecorder
-from api.engine.simulator.metrics import EngineMetrics
-from api.engine.simulator.scheduler import Scheduler, StepOutcome, StepPlan, step_cost_s
-from api.engine.simulator.sequence import FinishedSequence, Sequence, TokenEvent
-from api.engine.simulator.server import SimulatorServer, build_app
+from simulator.config import DEFAULT_MAX_TOKENS, EngineConfig, Faults
+from simulator.engine import Engine, Generation, GenerationRequest, StepRecorder
+from simulator.metrics import EngineMetrics
+from simulator.scheduler import Scheduler, StepOutcome, StepPlan, step_cost_s
+from simulator.sequence import FinishedSequence, Sequence, TokenEvent
+from simulator.server import SimulatorServer, build_app
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

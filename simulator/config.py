@@ -1,9 +1,9 @@
 """The simulator's configuration: one engine's limits and latency profile, and its faults.
 
-:class:`EngineConfig` is built from a model preset (:mod:`infra.models`), the way vLLM is
+:class:`EngineConfig` is built from a model preset (:mod:`domain.presets`), the way vLLM is
 started from the preset's engine arguments; :class:`Faults` is the mutable failure-injection
 state that the command line sets and ``POST /admin/faults`` changes at run time. Reading the
-command line is left to :mod:`api.engine.simulator.__main__`.
+command line is left to :mod:`simulator.__main__`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from infra.models import Preset
+from domain.presets import Preset
 
 # Generation length when a request sets neither max_tokens nor max_completion_tokens: short
 # enough that an unbounded request cannot hold a sequence slot for minutes.

@@ -1,12 +1,12 @@
 """The simulated engine's step loop: the scheduler driven in (simulated) real time.
 
-:class:`Engine` owns a :class:`~api.engine.simulator.scheduler.Scheduler` and one asyncio task
+:class:`Engine` owns a :class:`~simulator.scheduler.Scheduler` and one asyncio task
 that repeats: plan a step, sleep for the step's cost, apply it (which delivers that step's
 tokens to their requests at once), record the outcome. With nothing queued it awaits an event
 instead of polling. A request enters through :meth:`Engine.generate` and is read as an async
-iterator of :class:`~api.engine.simulator.sequence.TokenEvent`; leaving it early (the client
+iterator of :class:`~simulator.sequence.TokenEvent`; leaving it early (the client
 went away) aborts the sequence and frees its KV blocks. The clock and the sleep are injected,
-so tests can run the loop on fake time. HTTP is left to :mod:`api.engine.simulator.server`.
+so tests can run the loop on fake time. HTTP is left to :mod:`simulator.server`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from api.engine.simulator.config import EngineConfig
-from api.engine.simulator.scheduler import Scheduler, StepOutcome
-from api.engine.simulator.sequence import FinishedSequence, FinishReason, Sequence, TokenEvent
+from simulator.config import EngineConfig
+from simulator.scheduler import Scheduler, StepOutcome
+from simulator.sequence import FinishedSequence, FinishReason, Sequence, TokenEvent
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import uuid
 
 import psutil
 
-from api.records import ModelRecord
+from domain.records import ModelRecord
 
 
 def new_owner_id() -> str:

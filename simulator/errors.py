@@ -9,7 +9,7 @@ Hierarchy::
     └── InjectedFailure       500 InternalServerError (``--error-rate``)
 
 They become OpenAI-shaped bodies (``{"error": {"message", "type", "param", "code"}}``) in one
-place, the exception handler of :mod:`api.engine.simulator.server`.
+place, the exception handler of :mod:`simulator.server`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ as it came to the instance the policy picks, streaming the answer back chunk by 
 arrives. A connection refused before the first byte is retried on the next instance; once
 bytes flow, the stream belongs to that instance. When the client goes away the upstream
 request is closed, which cancels the work in the engine. Admission control and load-aware
-policies plug into :mod:`api.gateway.routing`.
+policies plug into :mod:`api.routing`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
-from api.gateway.routing import RoundRobin, Route, RoutingPolicy, RoutingTable
-from api.store import ModelStore
+from api.routing import RoundRobin, Route, RoutingPolicy, RoutingTable
 from api.wakeup import Wakeup
+from domain.store import ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream`` true or false),
 ``GET /v1/models``, ``GET /health`` (503 while starting up or marked unhealthy),
 ``GET /metrics`` (Prometheus text) and ``GET|POST /admin/faults`` (failure injection at run
-time). Routes only parse, call :class:`~api.engine.simulator.completions.CompletionService`
-and frame the answer; every :class:`~api.engine.simulator.errors.SimulatorError` becomes an
+time). Routes only parse, call :class:`~simulator.completions.CompletionService`
+and frame the answer; every :class:`~simulator.errors.SimulatorError` becomes an
 OpenAI-shaped error body in one handler. The engine's step loop starts in the app's lifespan.
-Running the app under uvicorn is left to :mod:`api.engine.simulator.__main__`.
+Running the app under uvicorn is left to :mod:`simulator.__main__`.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.engine.simulator import protocol
-from api.engine.simulator.completions import CompletionService
-from api.engine.simulator.config import EngineConfig, Faults
-from api.engine.simulator.engine import Clock, Engine, Sleep
-from api.engine.simulator.errors import (
+from simulator import protocol
+from simulator.completions import CompletionService
+from simulator.config import EngineConfig, Faults
+from simulator.engine import Clock, Engine, Sleep
+from simulator.errors import (
     BadRequest,
     EngineNotReady,
     InjectedFailure,
     SimulatorError,
 )
-from api.engine.simulator.metrics import METRICS_CONTENT_TYPE, EngineMetrics
-from api.engine.simulator.protocol import ChatCompletionRequest, CompletionRequest, FaultsUpdate
+from simulator.metrics import METRICS_CONTENT_TYPE, EngineMetrics
+from simulator.protocol import ChatCompletionRequest, CompletionRequest, FaultsUpdate
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :class:`Sequence` is the scheduler's mutable view of one request; it delivers each generated
 token as a :class:`TokenEvent` through its ``on_token`` callback and leaves behind a
 :class:`FinishedSequence` for request-level metrics. Deciding when tokens are produced is left
-to :mod:`api.engine.simulator.scheduler`.
+to :mod:`simulator.scheduler`.
 """
 
 from __future__ import annotations

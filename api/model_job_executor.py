@@ -2,8 +2,8 @@
 
 Level-triggered: every pass (each ``interval_s``, and at once when notified of a change)
 reads every model and drives its deployment toward the desired spec through a
-:class:`~api.deployers.base.Deployer`, then records what it observed. Under a lease per model
-(:mod:`api.executor.leases`) two executors never act on one model; state lives only in the
+:class:`~domain.deployment.Deployer`, then records what it observed. Under a lease per model
+(:mod:`api.leases`) two executors never act on one model; state lives only in the
 store and the deployer, so a crash at any point is recovered by the next pass of any executor.
 A failing pass is retried with exponential backoff; after ``max_attempts`` in a row the model
 is ``FAILED`` with the deployer's reason, until the user changes it. A model being deleted is
@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from api.deployers.base import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
-from api.executor.leases import lease_available, needs_renewal, new_owner_id
-from api.records import ModelRecord, ModelStatus
-from api.store import ModelStore, RecordNotFound, RevisionConflict
+from api.leases import lease_available, needs_renewal, new_owner_id
 from api.wakeup import Wakeup
+from domain.deployment import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.records import ModelRecord, ModelStatus
+from domain.store import ModelStore, remove, rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -158,23 +158,17 @@ class ModelJobExecutor:
         if gone:
             await asyncio.to_thread(self._forget, record.id)
 
-    # Store writes: read-modify-write under compare-and-set, retried on a conflict.
+    # Store writes: every one a read-modify-write through domain.store.rewrite.
 
     def _mutate(self, model_id: str, change: Callable[[ModelRecord], bool]) -> ModelRecord | None:
-        while True:
-            record = self._store.get(model_id)
-            if record is None:
-                return None
-            if not change(record):
-                return record
-            try:
-                stored = self._store.replace(record)
-            except RevisionConflict:
-                continue
-            except RecordNotFound:
-                return None
+        """Edit the record in place with ``change`` (False: nothing to write) and store it."""
+        result = rewrite(self._store, model_id, lambda r: r if change(r) else None)
+        if result is None:
+            return None
+        record, written = result
+        if written:
             self._on_observed()
-            return stored
+        return record
 
     def _take_lease(self, model_id: str) -> ModelRecord | None:
         now = self._clock()
@@ -265,19 +259,10 @@ class ModelJobExecutor:
         self._mutate(seen.id, fail)
 
     def _forget(self, model_id: str) -> None:
-        while True:
-            record = self._store.get(model_id)
-            if record is None:
-                return
-            try:
-                self._store.delete(model_id, record.revision)
-                logger.info("model removed model=%s name=%s", model_id, record.name)
-                self._on_observed()
-                return
-            except RevisionConflict:
-                continue
-            except RecordNotFound:
-                return
+        record = remove(self._store, model_id)
+        if record is not None:
+            logger.info("model removed model=%s name=%s", model_id, record.name)
+            self._on_observed()
 
 
 _OBSERVED = {

@@ -4,7 +4,7 @@ A record is what every store persists and every role reads. The frontend writes 
 spec (and bumps ``generation`` when the deployment must change); the model-job-executor writes
 the observed state, the lease and the retry bookkeeping. ``revision`` is the optimistic
 concurrency token: stores refuse a write whose ``revision`` is not the stored one.
-Public views of a record live in :mod:`api.schemas`.
+Public views of a record are the API's (:mod:`api.schemas`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ class ModelStatus(enum.StrEnum):
     UPDATING = "UPDATING"
     DELETING = "DELETING"
     FAILED = "FAILED"
+
+
+def within_bounds(replicas: int, min_instance: int, max_instance: int) -> int:
+    """``replicas`` moved into ``[min_instance, max_instance]``: the one bounds rule."""
+    return max(min_instance, min(max_instance, replicas))
 
 
 def new_model_id() -> str:
@@ -100,8 +105,8 @@ class ModelRecord(BaseModel):
     revision: int = 0
 
     def within_bounds(self, replicas: int) -> int:
-        """``replicas`` moved into ``[min_instance, max_instance]``."""
-        return max(self.min_instance, min(self.max_instance, replicas))
+        """``replicas`` moved into this model's ``[min_instance, max_instance]``."""
+        return within_bounds(replicas, self.min_instance, self.max_instance)
 
     @property
     def deleting(self) -> bool:

@@ -11,8 +11,8 @@ prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch``.
 
 The scheduler is synchronous and keeps no clock: :meth:`Scheduler.schedule` plans a step at
 ``now``, :meth:`Scheduler.complete` applies it at a later ``now`` and delivers the tokens.
-Sleeping between the two is left to :mod:`api.engine.simulator.engine`, turning the outcome
-into metrics to :mod:`api.engine.simulator.metrics`.
+Sleeping between the two is left to :mod:`simulator.engine`, turning the outcome
+into metrics to :mod:`simulator.metrics`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from api.engine.simulator.config import EngineConfig
-from api.engine.simulator.kv_cache import BlockPool, PrefixCache, blocks_for
-from api.engine.simulator.sequence import (
+from simulator.config import EngineConfig
+from simulator.kv_cache import BlockPool, PrefixCache, blocks_for
+from simulator.sequence import (
     FinishedSequence,
     FinishReason,
     Sequence,

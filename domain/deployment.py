@@ -14,7 +14,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from api.records import Endpoint, ModelRecord, Pvc
+from domain.errors import DeployerError
+from domain.records import Endpoint, ModelRecord, Pvc
+
+__all__ = ["Deployer", "DeployerError", "DeploymentSpec", "DeploymentState", "Phase"]
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,15 @@ class DeploymentState:
     reason: str = ""
 
 
-class DeployerError(Exception):
-    """A deployment step failed. ``reason`` becomes the model's ``status_code``."""
-
-    def __init__(self, message: str, reason: str = "DeploymentError", retryable: bool = True):
-        super().__init__(message)
-        self.message = message
-        self.reason = reason
-        self.retryable = retryable
-
-
 class Deployer(Protocol):
+    """Where a model's instances run; driven by the model-job-executor, one model at a time.
+
+    Every method may be called again after a crash of the caller: ``apply`` with the same spec
+    changes nothing that already matches, and ``remove`` of a model with nothing left is a
+    success. Failures are raised as :class:`~domain.errors.DeployerError`, whose ``reason``
+    becomes the model's ``status_code`` and ``retryable`` says whether a later pass may help.
+    """
+
     async def apply(self, spec: DeploymentSpec) -> DeploymentState:
         """Drive the model's deployment toward ``spec``; idempotent, returns promptly."""
         ...

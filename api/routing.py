@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from api.records import Endpoint, ModelRecord, ModelStatus
+from domain.records import Endpoint, ModelRecord, ModelStatus
 
 # Statuses in which a model's ready instances take traffic: an UPDATING model keeps serving.
 SERVING_STATUSES = frozenset({ModelStatus.ACTIVE, ModelStatus.UPDATING})

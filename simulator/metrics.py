@@ -4,7 +4,7 @@ Every series carries ``model_name=<served model name>``, so a scraper written fo
 the simulator unchanged. Metrics live in a :class:`prometheus_client.CollectorRegistry` of
 their own (never the process-global one), so several engines can share a process in tests.
 Load gauges (running, waiting, KV usage) are read from the scheduler at scrape time; request
-and step metrics are recorded from :class:`~api.engine.simulator.scheduler.StepOutcome` values.
+and step metrics are recorded from :class:`~simulator.scheduler.StepOutcome` values.
 Counters are named without ``_total``: prometheus_client appends it, as vLLM relies on.
 """
 
@@ -15,8 +15,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from api.engine.simulator.scheduler import StepOutcome
-from api.engine.simulator.sequence import FinishedSequence
+from simulator.scheduler import StepOutcome
+from simulator.sequence import FinishedSequence
 
 # vLLM's bucket boundaries, so histogram quantiles compare across real and simulated engines.
 TTFT_BUCKETS_S = (

@@ -4,7 +4,7 @@ The simulator has no tokenizer; it counts about four characters per token of the
 prompt, as English text averages with common BPE vocabularies. Everything a request produces
 is deterministic for its seed: how many tokens it generates (and so whether it ends with
 ``stop`` or ``length``) and which words it writes, one word per token. Validating requests is
-left to :mod:`api.engine.simulator.protocol`.
+left to :mod:`simulator.protocol`.
 """
 
 from __future__ import annotations

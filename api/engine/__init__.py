@@ -1,1 +1,0 @@
-"""Local inference engines: the vLLM-compatible simulator (default) and launch recipes."""

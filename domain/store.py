@@ -1,0 +1,125 @@
+"""The ``ModelStore`` protocol, and the one read-modify-write every writer goes through.
+
+Every store keeps whole :class:`~domain.records.ModelRecord` documents keyed by ``id`` with a
+unique ``name``. Writes are compare-and-set on ``revision``: :meth:`ModelStore.replace`
+succeeds only when the stored revision equals the record's, and returns the record with the
+revision bumped. :func:`rewrite` and :func:`remove` read, change and write under that rule,
+re-reading on :class:`~domain.errors.RevisionConflict`, so no concurrent update is ever lost;
+after :data:`MAX_WRITE_ATTEMPTS` lost races in a row they give up with
+:class:`~domain.errors.WriteContention` rather than spin. Implementations of the protocol:
+:mod:`api.store.sqlite` (embedded, default) and :mod:`api.store.mongo` (pymongo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from domain.errors import (
+    DuplicateName,
+    RecordNotFound,
+    RevisionConflict,
+    StoreError,
+    WriteContention,
+)
+from domain.records import ModelRecord
+
+__all__ = [
+    "MAX_WRITE_ATTEMPTS",
+    "Change",
+    "DuplicateName",
+    "ModelStore",
+    "RecordNotFound",
+    "RevisionConflict",
+    "StoreError",
+    "WriteContention",
+    "remove",
+    "rewrite",
+]
+
+# Losing the race this many times in a row means a writer is spinning on the record (a scaler
+# and an executor each write at most a few times a second): report it rather than retry forever.
+MAX_WRITE_ATTEMPTS = 20
+
+
+class ModelStore(Protocol):
+    """Persistence of model records, shared by every role (one process or many).
+
+    Calls are blocking: async callers run them in a worker thread. Each method is atomic on
+    one record; nothing spans records.
+    """
+
+    def create(self, record: ModelRecord) -> ModelRecord:
+        """Insert a new record (revision becomes 1). Raises DuplicateName."""
+        ...
+
+    def get(self, model_id: str) -> ModelRecord | None: ...
+
+    def get_by_name(self, name: str) -> ModelRecord | None: ...
+
+    def list(self) -> list[ModelRecord]:
+        """All records, oldest first."""
+        ...
+
+    def replace(self, record: ModelRecord) -> ModelRecord:
+        """Write ``record`` if the stored revision equals ``record.revision``.
+
+        Returns the stored record (revision + 1). Raises RevisionConflict when the stored
+        revision differs, RecordNotFound when the record is gone.
+        """
+        ...
+
+    def delete(self, model_id: str, revision: int) -> None:
+        """Remove the record if its revision is ``revision``.
+
+        Raises RevisionConflict when the stored revision differs, RecordNotFound when the
+        record is already gone.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+        ...
+
+
+Change = Callable[[ModelRecord], ModelRecord | None]
+
+
+def rewrite(store: ModelStore, model_id: str, change: Change) -> tuple[ModelRecord, bool] | None:
+    """Read the record, let ``change`` make the next version, and write that back.
+
+    ``change`` gets a fresh copy on every attempt and returns the record to write (itself,
+    edited, or a new one), or None when there is nothing to write; it may raise to refuse.
+    Returns the record as stored and whether this call wrote it, or None when there is no such
+    record. Raises WriteContention after :data:`MAX_WRITE_ATTEMPTS` lost races.
+    """
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        record = store.get(model_id)
+        if record is None:
+            return None
+        changed = change(record)
+        if changed is None:
+            return record, False
+        try:
+            return store.replace(changed), True
+        except RevisionConflict:
+            continue
+        except RecordNotFound:
+            return None
+    raise WriteContention(model_id, MAX_WRITE_ATTEMPTS)
+
+
+def remove(store: ModelStore, model_id: str) -> ModelRecord | None:
+    """Delete the record whatever its revision; the record removed, or None if it was gone."""
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        record = store.get(model_id)
+        if record is None:
+            return None
+        try:
+            store.delete(model_id, record.revision)
+        except RevisionConflict:
+            continue
+        except RecordNotFound:
+            return None
+        return record
+    raise WriteContention(model_id, MAX_WRITE_ATTEMPTS)
