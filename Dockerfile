@@ -31,9 +31,11 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md* ./
+COPY domain ./domain
 COPY api ./api
 COPY scaler ./scaler
 COPY infra ./infra
+COPY simulator ./simulator
 RUN pip install "pulumi==${PULUMI_VERSION}" . \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/aif aif \
  && mkdir -p "${PULUMI_HOME}" /var/lib/aif \

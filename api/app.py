@@ -1,9 +1,17 @@
 """Builds the FastAPI application and, in its lifespan, the roles this process runs.
 
-``aif serve`` runs all four roles in one process; ``aif frontend``, ``aif model-job-executor``,
-``aif chat-job-executor`` and ``aif task-executor-manager`` run one each against a shared store.
-Clients (the store, the deployer, the gateway's HTTP pool) are built here and nowhere else, and
-are handed to the routes through ``app.state`` (see :mod:`api.deps`).
+Each role is a class with ``start``/``stop`` in a module named for it:
+
+============================  ======================================================
+frontend                      :class:`api.frontend.Frontend`
+model-job-executor            :class:`api.model_job_executor.ModelJobExecutor`
+chat-job-executor             :class:`api.chat_job_executor.ChatJobExecutor`
+task-executor-manager         :class:`scaler.task_executor_manager.TaskExecutorManager`
+============================  ======================================================
+
+``aif serve`` runs all four in one process; ``aif <role>`` runs one against a shared store.
+Clients (the store, the deployer, HTTP pools) are built here and nowhere else, and reach the
+routes through ``app.state`` (see :mod:`api.deps`).
 """
 
 from __future__ import annotations
@@ -11,13 +19,15 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 
-from api.chat_job_executor import Gateway
+from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
-from api.middleware import BodySizeLimit
+from api.frontend import Frontend
+from api.middleware import BodySizeLimit, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, models
 from api.services.models import ModelService
@@ -40,6 +50,12 @@ class Role(enum.StrEnum):
 ALL_ROLES = frozenset(Role)
 
 
+class RunningRole(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 def build_deployer(settings: Settings) -> Deployer:
     if settings.runtime == "kubernetes":
         from infra.pulumi_deployer import PulumiDeployer
@@ -57,80 +73,136 @@ def create_app(
     store: ModelStore | None = None,
     deployer_factory: Callable[[Settings], Deployer] = build_deployer,
 ) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            app_store = store or open_store(settings)
-            if store is None:
-                stack.callback(app_store.close)
-            listeners: list[Callable[[], None]] = []
-
-            def notify_all() -> None:
-                for listener in listeners:
-                    listener()
-
-            app.state.model_service = ModelService(
-                app_store, max_instance_cap=settings.max_instance_cap, on_change=notify_all
-            )
-            gateway: Gateway | None = None
-            if Role.CHAT_JOB_EXECUTOR in roles or Role.FRONTEND in roles:
-                gateway = Gateway(
-                    app_store,
-                    refresh_interval_s=settings.routing_refresh_s,
-                    upstream_timeout_s=settings.upstream_timeout_s,
-                )
-                await gateway.start()
-                stack.push_async_callback(gateway.stop)
-                listeners.append(gateway.notify_change)
-                app.state.gateway = gateway
-            if Role.MODEL_JOB_EXECUTOR in roles:
-                deployer = deployer_factory(settings)
-                stack.push_async_callback(deployer.close)
-                await deployer.recover()
-                executor = ModelJobExecutor(
-                    app_store,
-                    deployer,
-                    interval_s=settings.reconcile_interval_s,
-                    lease_ttl_s=settings.lease_ttl_s,
-                    retry=RetryPolicy(
-                        settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s
-                    ),
-                    # What the executor observes (ACTIVE, endpoints) reaches routing at once.
-                    on_observed=gateway.notify_change if gateway else lambda: None,
-                )
-                await executor.start()
-                stack.push_async_callback(executor.stop)
-                listeners.append(executor.notify_change)
-                app.state.executor = executor
-            if Role.TASK_EXECUTOR_MANAGER in roles:
-                source = EngineScrapeSource()
-                stack.push_async_callback(source.close)
-                manager = TaskExecutorManager(
-                    app_store,
-                    source,
-                    interval_s=settings.scale_interval_s,
-                    policy=PolicyConfig(
-                        upscale_delay_s=settings.scale_upscale_delay_s,
-                        downscale_delay_s=settings.scale_downscale_delay_s,
-                    ),
-                    on_change=notify_all,
-                )
-                await manager.start()
-                stack.push_async_callback(manager.stop)
-            logger.info("aif started roles=%s", sorted(r.value for r in roles))
-            yield
-
     app = FastAPI(
         title="aif",
         summary="Register, deploy, scale and serve large language models.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, roles, store, deployer_factory),
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, limits=body_limits(settings))
     app.include_router(health.router)
     if Role.FRONTEND in roles:
         app.include_router(models.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
         app.include_router(chat.router)
     return app
+
+
+def _lifespan(
+    settings: Settings,
+    roles: frozenset[Role],
+    store: ModelStore | None,
+    deployer_factory: Callable[[Settings], Deployer],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app_store = store or open_store(settings)
+            if store is None:
+                stack.callback(app_store.close)
+            for role in build_roles(settings, roles, app_store, deployer_factory, app.state):
+                await role.start()
+                stack.push_async_callback(role.stop)
+            logger.info("aif started roles=%s", sorted(r.value for r in roles))
+            yield
+
+    return lifespan
+
+
+class _Listeners:
+    """Who hears of a write in this process: the loops that should look again at once."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+
+    def add(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+def build_roles(
+    settings: Settings,
+    roles: frozenset[Role],
+    store: ModelStore,
+    deployer_factory: Callable[[Settings], Deployer],
+    state: Any,
+) -> list[RunningRole]:
+    """The roles asked for, in start order, wired to each other; routes' objects on ``state``."""
+    changes = _Listeners()
+    built: list[RunningRole] = []
+    chat: ChatJobExecutor | None = None
+    if Role.CHAT_JOB_EXECUTOR in roles or (
+        Role.FRONTEND in roles and not settings.chat_executor_url
+    ):
+        chat = _chat_job_executor(settings, store)
+        changes.add(chat.notify_change)
+        state.inference = chat
+        built.append(chat)
+    if Role.FRONTEND in roles:
+        frontend = _frontend(settings, store, chat, changes.notify)
+        state.model_service, state.inference = frontend.models, frontend.inference
+        built.append(frontend)
+    if Role.MODEL_JOB_EXECUTOR in roles:
+        # What the executor observes (ACTIVE, endpoints) reaches routing at once.
+        on_observed = chat.notify_change if chat else lambda: None
+        executor = _model_job_executor(settings, store, deployer_factory(settings), on_observed)
+        changes.add(executor.notify_change)
+        built.append(executor)
+    if Role.TASK_EXECUTOR_MANAGER in roles:
+        built.append(_task_executor_manager(settings, store, changes.notify))
+    return built
+
+
+def _chat_job_executor(settings: Settings, store: ModelStore) -> ChatJobExecutor:
+    return ChatJobExecutor(
+        store,
+        refresh_interval_s=settings.routing_refresh_s,
+        upstream_timeout_s=settings.upstream_timeout_s,
+    )
+
+
+def _frontend(
+    settings: Settings,
+    store: ModelStore,
+    chat: ChatJobExecutor | None,
+    on_change: Callable[[], None],
+) -> Frontend:
+    registry = ModelService(store, max_instance_cap=settings.max_instance_cap, on_change=on_change)
+    return Frontend(
+        registry,
+        inference=chat,
+        chat_executor_url=settings.chat_executor_url,
+        upstream_timeout_s=settings.upstream_timeout_s,
+    )
+
+
+def _model_job_executor(
+    settings: Settings, store: ModelStore, deployer: Deployer, on_observed: Callable[[], None]
+) -> ModelJobExecutor:
+    return ModelJobExecutor(
+        store,
+        deployer,
+        interval_s=settings.reconcile_interval_s,
+        lease_ttl_s=settings.lease_ttl_s,
+        retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
+        on_observed=on_observed,
+    )
+
+
+def _task_executor_manager(
+    settings: Settings, store: ModelStore, on_change: Callable[[], None]
+) -> TaskExecutorManager:
+    return TaskExecutorManager(
+        store,
+        EngineScrapeSource(),
+        interval_s=settings.scale_interval_s,
+        policy=PolicyConfig(
+            upscale_delay_s=settings.scale_upscale_delay_s,
+            downscale_delay_s=settings.scale_downscale_delay_s,
+        ),
+        on_change=on_change,
+    )

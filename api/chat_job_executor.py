@@ -1,11 +1,11 @@
 """The chat-job-executor: forwards OpenAI inference requests to a model's ready instances.
 
-:class:`Gateway` keeps the routing table fresh in the background and proxies a request body
+:class:`ChatJobExecutor` keeps the routing table fresh in the background and proxies a request body
 as it came to the instance the policy picks, streaming the answer back chunk by chunk as it
 arrives. A connection refused before the first byte is retried on the next instance; once
 bytes flow, the stream belongs to that instance. When the client goes away the upstream
 request is closed, which cancels the work in the engine. Admission control and load-aware
-policies plug into :mod:`api.routing`.
+policies plug into :mod:`api.routing`; the streamed answer is :mod:`api.upstream`'s.
 """
 
 from __future__ import annotations
@@ -14,42 +14,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
 from api.routing import RoundRobin, Route, RoutingPolicy, RoutingTable
+from api.upstream import CONNECT_TIMEOUT_S, UpstreamResponse, upstream_headers
 from api.wakeup import Wakeup
 from domain.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
-# Waiting for a first byte can take long under load; connecting to a local or in-cluster
-# instance should not.
-CONNECT_TIMEOUT_S = 5.0
-# Headers that describe one hop's connection, not the answer (RFC 9110 section 7.6.1).
-HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
+class ChatJobExecutor:
+    """The role: a routing table kept fresh from the store, and :meth:`forward` on it.
 
-class UpstreamResponse:
-    """An answer from an instance, still streaming."""
+    ``start`` loads the table and keeps refreshing it (each ``refresh_interval_s``, and soon
+    after :meth:`notify_change`); ``stop`` ends that and closes the upstream connections.
+    """
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self.status_code = response.status_code
-        self.headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
-
-    async def body(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_bytes():
-                yield chunk
-        finally:
-            await self._response.aclose()
-
-
-class Gateway:
     def __init__(
         self,
         store: ModelStore,
@@ -139,8 +123,7 @@ class Gateway:
                 "POST",
                 endpoint.url + path,
                 content=body,
-                # Uncompressed: bytes pass through as they come, with no decoding on the way.
-                headers={"content-type": "application/json", "accept-encoding": "identity"},
+                headers=upstream_headers(),
             )
             try:
                 response = await self._client.send(upstream, stream=True)

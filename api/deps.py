@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.chat_job_executor import Gateway
+from api.frontend import Inference
 from api.services.models import ModelService
 
 
@@ -20,10 +20,10 @@ def get_model_service(request: Request) -> ModelService:
     return service
 
 
-def get_gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
+def get_inference(request: Request) -> Inference:
+    inference: Inference = request.app.state.inference
+    return inference
 
 
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
-GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+InferenceDep = Annotated[Inference, Depends(get_inference)]

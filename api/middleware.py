@@ -1,36 +1,71 @@
-"""ASGI middleware: refuse request bodies over a size limit before anything reads them.
+"""ASGI middleware: refuse a request body over its surface's size limit before anything reads it.
 
+Each surface has its own limit: the lifecycle API (``/v1/models``) takes small JSON documents,
+inference takes prompts that can be long (a 32K-token context is several hundred KiB of JSON).
 A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as
 it streams and refused as soon as it passes the limit. Either way the answer is a 413 with an
-OpenAI-shaped error body and nothing reaches the routes.
+OpenAI-shaped error body that names the limit, and nothing reaches the routes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge, error_body
+from domain.settings import Settings
+
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    max_bytes: int
+    # The setting that raises it, named in the refusal.
+    setting: str
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    api: BodyLimit
+    inference: BodyLimit
+
+    def for_path(self, path: str) -> BodyLimit:
+        return self.inference if path in INFERENCE_PATHS else self.api
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    return BodyLimits(
+        api=BodyLimit(settings.max_body_bytes, "AIF_MAX_BODY_BYTES"),
+        inference=BodyLimit(settings.max_inference_body_bytes, "AIF_MAX_INFERENCE_BODY_BYTES"),
+    )
+
+
+def _refusal(limit: BodyLimit) -> JSONResponse:
+    exc = PayloadTooLarge(
+        f"request body is larger than {limit.max_bytes} bytes, this endpoint's limit "
+        f"({limit.setting})"
+    )
+    return JSONResponse(
+        error_body(exc.message, exc.error_type, exc.status_code), status_code=exc.status_code
+    )
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    def _refusal(self) -> JSONResponse:
-        exc = PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
-        return JSONResponse(
-            error_body(exc.message, exc.error_type, exc.status_code), status_code=exc.status_code
-        )
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits.for_path(scope["path"])
         for key, value in scope.get("headers", []):
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                await self._refusal()(scope, receive, send)
+            if key == b"content-length" and value.isdigit() and int(value) > limit.max_bytes:
+                await _refusal(limit)(scope, receive, send)
                 return
         received = 0
         refused = False
@@ -40,10 +75,10 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit.max_bytes:
                     # Answer now, and tell the app the client left so it stops reading.
                     refused = True
-                    await self._refusal()(scope, receive, send)
+                    await _refusal(limit)(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 

@@ -46,6 +46,12 @@ class RetryPolicy:
 
 
 class ModelJobExecutor:
+    """The role: reconcile passes over every model, through the deployer it is given.
+
+    ``start`` first lets the deployer clean up what a crashed run left, then begins the loop;
+    ``stop`` ends the loop, hands every lease back and closes the deployer.
+    """
+
     def __init__(
         self,
         store: ModelStore,
@@ -77,6 +83,9 @@ class ModelJobExecutor:
 
     async def start(self) -> None:
         self._changed.bind()
+        recovered = await self._deployer.recover()
+        if recovered:
+            logger.info("cleaned up %d leftovers of an earlier run", recovered)
         self._task = asyncio.create_task(self._loop(), name="model-job-executor")
 
     async def stop(self) -> None:
@@ -89,6 +98,7 @@ class ModelJobExecutor:
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         await asyncio.to_thread(self._release_all)
+        await self._deployer.close()
 
     async def _loop(self) -> None:
         while True:

@@ -63,7 +63,11 @@ class Settings(ClusterConfig, BaseSettings):
 
     # Registry rules.
     max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Body limits per surface: model documents are small; prompts can be long.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="/v1/models bodies")
+    max_inference_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="/v1/chat/completions, /v1/completions"
+    )
 
     # Where models run: engine processes on this machine, or Kubernetes through Pulumi.
     runtime: Literal["local", "kubernetes"] = "local"

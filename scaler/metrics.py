@@ -41,8 +41,14 @@ class LatencySnapshot:
 
 
 class MetricsSource(Protocol):
+    """Where the task-executor-manager reads a model's latency percentiles from."""
+
     async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
         """The model's latest percentiles, or None when they cannot be read."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the manager calls it when it stops."""
         ...
 
 

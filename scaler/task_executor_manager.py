@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 class TaskExecutorManager:
+    """The role: one scaling pass per ``interval_s`` over every ACTIVE model.
+
+    ``start`` begins the loop; ``stop`` ends it and closes the metrics source.
+    """
+
     def __init__(
         self,
         store: ModelStore,
@@ -51,6 +56,7 @@ class TaskExecutorManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._source.close()
 
     async def _loop(self) -> None:
         while True:

@@ -1,9 +1,10 @@
 """The vLLM-compatible engine simulator: an OpenAI-style HTTP server without a model.
 
-aif starts one simulator process per local model instance (``python -m
-simulator``, see :mod:`simulator.__main__`). It answers vLLM's routes
-with generated words, timed by a continuous-batching scheduler driven by the model preset's
-latency profile, exposes vLLM's Prometheus metrics, and injects failures on request.
+aif starts one simulator process per local model instance (``python -m simulator``, see
+:mod:`simulator.__main__`). It is a program of its own: it imports the model presets from
+:mod:`domain` and nothing of the API. It answers vLLM's routes with generated words, timed
+by a continuous-batching scheduler driven by the model preset's latency profile, exposes
+vLLM's Prometheus metrics, and injects failures on request.
 
 Modules: :mod:`.config` (limits, latency profile, faults), :mod:`.sequence` and
 :mod:`.kv_cache` (the scheduler's state), :mod:`.scheduler` (steps and their cost),

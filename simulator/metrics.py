@@ -62,6 +62,24 @@ class LoadSource(Protocol):
     def kv_cache_usage(self) -> float: ...
 
 
+class _Series:
+    """Makes this engine's series: one ``model_name`` label, one registry."""
+
+    def __init__(self, model_name: str, registry: CollectorRegistry) -> None:
+        self.model_name = model_name
+        self.registry = registry
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        family = Histogram(name, doc, ["model_name"], buckets=buckets, registry=self.registry)
+        return family.labels(self.model_name)
+
+    def counter(self, name: str, doc: str) -> Counter:
+        return Counter(name, doc, ["model_name"], registry=self.registry).labels(self.model_name)
+
+    def gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, ["model_name"], registry=self.registry).labels(self.model_name)
+
+
 class EngineMetrics:
     """The engine's Prometheus series, all labelled with one ``model_name``."""
 
@@ -69,106 +87,105 @@ class EngineMetrics:
         self, model_name: str, max_model_len: int, registry: CollectorRegistry | None = None
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        labels = ["model_name"]
-        reg = self.registry
-
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(model_name)
-
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=reg).labels(model_name)
-
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=reg).labels(model_name)
-
-        token_buckets = buckets_1_2_5(max_model_len)
-        self.time_to_first_token = histogram(
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            TTFT_BUCKETS_S,
-        )
-        self.inter_token_latency = histogram(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            TOKEN_LATENCY_BUCKETS_S,
-        )
-        self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds",
-            "Histogram of time per output token in seconds. "
-            "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
-            TOKEN_LATENCY_BUCKETS_S,
-        )
-        self.request_time_per_output_token = histogram(
-            "vllm:request_time_per_output_token_seconds",
-            "Histogram of time_per_output_token_seconds per request.",
-            TOKEN_LATENCY_BUCKETS_S,
-        )
-        self.e2e_request_latency = histogram(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            REQUEST_LATENCY_BUCKETS_S,
-        )
-        self.request_queue_time = histogram(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            REQUEST_LATENCY_BUCKETS_S,
-        )
-        self.request_prompt_tokens = histogram(
-            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
-        )
-        self.request_generation_tokens = histogram(
-            "vllm:request_generation_tokens",
-            "Number of generation tokens processed.",
-            token_buckets,
-        )
-        self.num_requests_running = gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches."
-        )
-        self.num_requests_waiting = gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
-        )
-        self.kv_cache_usage = gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
-        )
-        self.gpu_cache_usage = gauge(
-            "vllm:gpu_cache_usage_perc",
-            "GPU KV-cache usage. 1 means 100 percent usage. "
-            "DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
-        )
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = counter(
-            "vllm:generation_tokens", "Number of generation tokens processed."
-        )
-        self.num_preemptions = counter(
-            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
-        )
-        self.prefix_cache_queries = counter(
-            "vllm:prefix_cache_queries",
-            "Prefix cache queries, in terms of number of queried tokens.",
-        )
-        self.prefix_cache_hits = counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
-        )
-        self.gpu_prefix_cache_queries = counter(
-            "vllm:gpu_prefix_cache_queries",
-            "GPU prefix cache queries, in terms of number of queried tokens. "
-            "DEPRECATED: Use vllm:prefix_cache_queries instead.",
-        )
-        self.gpu_prefix_cache_hits = counter(
-            "vllm:gpu_prefix_cache_hits",
-            "GPU prefix cache hits, in terms of number of cached tokens. "
-            "DEPRECATED: Use vllm:prefix_cache_hits instead.",
-        )
+        series = _Series(model_name, self.registry)
+        self._define_latency(series)
+        self._define_tokens(series, buckets_1_2_5(max_model_len))
+        self._define_load(series)
         request_success = Counter(
             "vllm:request_success",
             "Count of successfully processed requests.",
-            [*labels, "finished_reason"],
-            registry=reg,
+            ["model_name", "finished_reason"],
+            registry=self.registry,
         )
         # Every reason exists from the start, as in vLLM, so rates never miss a series.
         self.request_success = {
             reason: request_success.labels(model_name, reason) for reason in FINISH_REASONS
         }
+
+    def _define_latency(self, series: _Series) -> None:
+        self.time_to_first_token = series.histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            TTFT_BUCKETS_S,
+        )
+        self.inter_token_latency = series.histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            TOKEN_LATENCY_BUCKETS_S,
+        )
+        self.time_per_output_token = series.histogram(
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds. "
+            "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
+            TOKEN_LATENCY_BUCKETS_S,
+        )
+        self.request_time_per_output_token = series.histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            TOKEN_LATENCY_BUCKETS_S,
+        )
+        self.e2e_request_latency = series.histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_LATENCY_BUCKETS_S,
+        )
+        self.request_queue_time = series.histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            REQUEST_LATENCY_BUCKETS_S,
+        )
+
+    def _define_tokens(self, series: _Series, token_buckets: tuple[float, ...]) -> None:
+        self.request_prompt_tokens = series.histogram(
+            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+        )
+        self.request_generation_tokens = series.histogram(
+            "vllm:request_generation_tokens",
+            "Number of generation tokens processed.",
+            token_buckets,
+        )
+        self.prompt_tokens = series.counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed."
+        )
+        self.generation_tokens = series.counter(
+            "vllm:generation_tokens", "Number of generation tokens processed."
+        )
+        self.num_preemptions = series.counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
+        )
+        self.prefix_cache_queries = series.counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+        )
+        self.prefix_cache_hits = series.counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+        )
+        self.gpu_prefix_cache_queries = series.counter(
+            "vllm:gpu_prefix_cache_queries",
+            "GPU prefix cache queries, in terms of number of queried tokens. "
+            "DEPRECATED: Use vllm:prefix_cache_queries instead.",
+        )
+        self.gpu_prefix_cache_hits = series.counter(
+            "vllm:gpu_prefix_cache_hits",
+            "GPU prefix cache hits, in terms of number of cached tokens. "
+            "DEPRECATED: Use vllm:prefix_cache_hits instead.",
+        )
+
+    def _define_load(self, series: _Series) -> None:
+        self.num_requests_running = series.gauge(
+            "vllm:num_requests_running", "Number of requests in model execution batches."
+        )
+        self.num_requests_waiting = series.gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
+        )
+        self.kv_cache_usage = series.gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
+        )
+        self.gpu_cache_usage = series.gauge(
+            "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage. 1 means 100 percent usage. "
+            "DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
+        )
 
     def bind_load(self, load: LoadSource) -> None:
         """Read the load gauges from ``load`` whenever the registry is scraped."""

@@ -1,4 +1,4 @@
-"""Runs ``aif serve`` for real, as a user would, on a free port with its own data dir."""
+"""Runs ``aif serve`` (or one role, ``aif <role>``) for real, on a free port with a data dir."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ class Server:
     data_dir: Path
     engine_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    # ``serve`` runs every role; a role's name runs that role alone.
+    command: str = "serve"
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,10 +52,11 @@ class Server:
             "AIF_ROUTING_REFRESH_S": "0.1",
             "AIF_ENGINE_ARGS": json.dumps(self.engine_args),
             "AIF_LOG_LEVEL": "WARNING",
+            **self.env,
         }
         log = (self.data_dir.parent / f"aif-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "api.cli", self.command, "--port", str(self.port),
              "--data-dir", str(self.data_dir)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -65,9 +69,9 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None:
-                raise AssertionError(f"aif serve exited with {self.process.returncode}")
+                raise AssertionError(f"aif {self.command} exited with {self.process.returncode}")
             time.sleep(0.05)
-        raise AssertionError("aif serve did not answer /health in time")
+        raise AssertionError(f"aif {self.command} did not answer /health in time")
 
     def engines(self) -> list[psutil.Process]:
         """Engine processes this server started and that are still alive."""

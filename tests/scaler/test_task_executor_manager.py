@@ -18,6 +18,9 @@ class FixedSource:
         self.fetched.append(record.name)
         return self.snapshot
 
+    async def close(self) -> None:
+        pass
+
 
 def _record(status: ModelStatus, name: str = "m") -> ModelRecord:
     return ModelRecord(

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.chat_job_executor import Gateway
+from api.chat_job_executor import ChatJobExecutor
 from api.errors import ModelNotFound, ModelNotReady, UpstreamError
 from api.store.sqlite import SqliteModelStore
 from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
@@ -32,7 +32,7 @@ def _record(name: str, status: ModelStatus, ports: list[int]) -> ModelRecord:
     )  # fmt: skip
 
 
-def _gateway(store: SqliteModelStore, seen: list[str], down: set[int]) -> Gateway:
+def _gateway(store: SqliteModelStore, seen: list[str], down: set[int]) -> ChatJobExecutor:
     def instance(request: httpx.Request) -> httpx.Response:
         port = request.url.port
         assert port is not None
@@ -43,10 +43,10 @@ def _gateway(store: SqliteModelStore, seen: list[str], down: set[int]) -> Gatewa
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(instance))
     # A refresh interval far longer than the test: only the miss path can see new models.
-    return Gateway(store, refresh_interval_s=3600, upstream_timeout_s=5, client=client)
+    return ChatJobExecutor(store, refresh_interval_s=3600, upstream_timeout_s=5, client=client)
 
 
-async def _body(gateway: Gateway, request: dict[str, object]) -> dict[str, object]:
+async def _body(gateway: ChatJobExecutor, request: dict[str, object]) -> dict[str, object]:
     upstream = await gateway.forward("/v1/chat/completions", request, json.dumps(request).encode())
     chunks = [chunk async for chunk in upstream.body()]
     answer: dict[str, object] = json.loads(b"".join(chunks))
