@@ -14,6 +14,7 @@ import pulumi
 import pytest
 import yaml
 
+from domain.settings import ClusterConfig
 from infra.install import (
     FRONTEND_SERVICE_NAME,
     InstallConfig,
@@ -155,7 +156,9 @@ def test_four_deployments_of_one_image_run_the_four_roles() -> None:
 
 
 def test_roles_listen_on_all_interfaces_and_drive_kubernetes() -> None:
-    installed = install(local_storage(models_namespace="llm", scheduler_name="volcano"))
+    installed = install(
+        local_storage(cluster=ClusterConfig(namespace="llm", scheduler_name="volcano"))
+    )
 
     [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
     data = config_map["data"]
@@ -223,7 +226,7 @@ def test_an_s3_backend_needs_no_state_volume_and_gets_its_credentials() -> None:
 
 
 def test_rbac_covers_exactly_what_aif_touches() -> None:
-    installed = install(local_storage(models_namespace="llm"))
+    installed = install(local_storage(cluster=ClusterConfig(namespace="llm")))
 
     [role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
     [cluster_role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
@@ -282,7 +285,7 @@ def test_namespaces_are_created_except_shared_ones() -> None:
     names = {n["metadata"]["name"] for n in in_kube_system.of_type("kubernetes:core/v1:Namespace")}
     assert names == {"aif-models"}
 
-    own = install(local_storage(namespace="aif-system", models_namespace="llm"))
+    own = install(local_storage(namespace="aif-system", cluster=ClusterConfig(namespace="llm")))
     names = {n["metadata"]["name"] for n in own.of_type("kubernetes:core/v1:Namespace")}
     assert names == {"aif-system", "llm"}
 
@@ -326,7 +329,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
     assert config.enable_local_storage is False
     assert isinstance(config.mongodb_url, pulumi.Output)
     assert config.replicas == RoleReplicas(frontend=2)
-    assert (config.scheduler_name, config.volcano_queue) == ("volcano", "llm")
+    assert (config.cluster.scheduler_name, config.cluster.volcano_queue) == ("volcano", "llm")
     assert config.models_namespace == "llm"
     assert config.pulumi_backend_url == "s3://aif-state"
 
