@@ -2,7 +2,8 @@
 
 :class:`InstallConfig` is read by :meth:`InstallConfig.from_pulumi_config` and refuses, with
 :class:`InstallConfigError`, a config that cannot work (no database, no passphrase in
-production, several executors on one file:// state). Turning it into objects is left to
+production, several executors on one file:// state, frontends with no chat-job-executor to
+forward to, more than one task-executor-manager). Turning it into objects is left to
 :mod:`infra.install.installation`.
 """
 
@@ -27,6 +28,8 @@ class InstallConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RoleReplicas:
+    """Pods per role (``aif:replicas``); :class:`InstallConfig` checks they can work together."""
+
     frontend: int = 1
     model_job_executor: int = 1
     chat_job_executor: int = 1
@@ -85,6 +88,7 @@ class InstallConfig:
                 "aif:pulumiBackendUrl is required for more than one model-job-executor: the "
                 "default file:// state lives on one ReadWriteOnce volume"
             )
+        problems.extend(_replica_problems(self.replicas))
         if problems:
             raise InstallConfigError("; ".join(problems))
 
@@ -139,6 +143,21 @@ def _cluster(config: pulumi.Config) -> ClusterConfig:
             f"aif:{cluster_settings.install_key(n)}" for n in ClusterConfig.model_fields
         )
         raise InstallConfigError(f"invalid cluster settings ({keys}): {exc}") from exc
+
+
+def _replica_problems(replicas: RoleReplicas) -> list[str]:
+    problems = []
+    if replicas.frontend > 0 and replicas.chat_job_executor < 1:
+        problems.append(
+            "aif:replicas.chatJobExecutor must be at least 1 while frontends run: the frontend "
+            "forwards every inference request to the chat-job-executor Service"
+        )
+    if replicas.task_executor_manager > 1:
+        problems.append(
+            "aif:replicas.taskExecutorManager must be 0 or 1: each manager keeps its scaling "
+            "state in memory and takes no lease, so two would scale the same models twice"
+        )
+    return problems
 
 
 def _role_replicas(raw: Any) -> RoleReplicas:

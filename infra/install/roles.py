@@ -1,10 +1,12 @@
 """The four roles of aif, each one Deployment of the same image running ``aif <role>``.
 
 :data:`ROLES` says what each role needs (an API token, the Pulumi state, its resources);
-:func:`settings_env` is the non-secret ``AIF_*`` settings they all read; :func:`build_deployment`
+:func:`settings_env` is the non-secret ``AIF_*`` settings they all read and :func:`role_env`
+what one role reads besides (the frontend: where to forward inference); :func:`build_deployment`
 makes a role's Deployment from them: non-root, no privilege escalation, health probes, the
-settings from a ConfigMap and a Secret. Those two objects, the state volume and the Service in
-front of the frontend are left to :mod:`infra.install.installation`.
+settings from a ConfigMap and a Secret. Those two objects, the state volume, the service
+accounts (:mod:`infra.install.rbac`) and the Services (:mod:`infra.install.services`) are left
+to :mod:`infra.install.installation`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import pulumi_kubernetes as k8s
 from infra.cluster_settings import cluster_env
 from infra.install.config import InstallConfig
 from infra.install.objects import labels, meta, selector
+from infra.install.rbac import EXECUTOR_SERVICE_ACCOUNT, SERVICE_ACCOUNT
+from infra.install.services import HTTP_PORT, HTTP_PORT_NAME, chat_executor_url
 
-HTTP_PORT = 8080
 DATA_DIR = "/var/lib/aif"
 # The uid the image's ``aif`` user has (see the Dockerfile); pods refuse to run as root.
 AIF_UID = 10001
@@ -31,7 +34,7 @@ class RoleSpec:
     """One of the four roles: one Deployment running ``aif <name>``."""
 
     name: str
-    # Roles that read the cluster get an API token; the frontend never talks to the API.
+    # Only a role that calls the Kubernetes API gets a token, and the account with grants.
     uses_cluster_api: bool
     # The model-job-executor runs the Pulumi CLI: stack state, backend credentials.
     drives_models: bool
@@ -40,13 +43,20 @@ class RoleSpec:
     cpu_limit: str
     memory_limit: str
 
+    @property
+    def service_account(self) -> str:
+        return EXECUTOR_SERVICE_ACCOUNT if self.uses_cluster_api else SERVICE_ACCOUNT
 
+
+# Only the model-job-executor calls the API (Pulumi, and reading readiness). The frontend and
+# the chat-job-executor serve HTTP from the store; the task-executor-manager reads the store
+# and the engines' /metrics through their Services, and writes desired replicas to the store.
 # The executor's limits leave room for the Pulumi CLI and the kubernetes plugin it spawns.
 ROLES: tuple[RoleSpec, ...] = (
     RoleSpec("frontend", False, False, "100m", "256Mi", "1", "1Gi"),
     RoleSpec("model-job-executor", True, True, "250m", "512Mi", "2", "2Gi"),
-    RoleSpec("chat-job-executor", True, False, "250m", "256Mi", "2", "1Gi"),
-    RoleSpec("task-executor-manager", True, False, "100m", "256Mi", "1", "512Mi"),
+    RoleSpec("chat-job-executor", False, False, "250m", "256Mi", "2", "1Gi"),
+    RoleSpec("task-executor-manager", False, False, "100m", "256Mi", "1", "512Mi"),
 )
 
 
@@ -70,68 +80,86 @@ def settings_env(config: InstallConfig) -> dict[str, str]:
     return env
 
 
-def build_deployment(
-    role: RoleSpec,
-    config: InstallConfig,
-    *,
-    config_map: k8s.core.v1.ConfigMap,
-    secret: k8s.core.v1.Secret,
-    state_claim: k8s.core.v1.PersistentVolumeClaim | None,
-    mongodb: k8s.apps.v1.StatefulSet | None,
-    opts: pulumi.ResourceOptions,
-) -> k8s.apps.v1.Deployment:
-    """The Deployment running ``aif <role>``, started after its settings (and MongoDB)."""
-    env_from = [
+def role_env(role: RoleSpec, config: InstallConfig) -> dict[str, str]:
+    """What one role reads besides :func:`settings_env`.
+
+    The frontend forwards inference to the chat-job-executor Service rather than serving it
+    in-process, so the chat path scales on its own; set per role, not in the shared ConfigMap,
+    so that no other role forwards.
+    """
+    if role.name == "frontend":
+        return {"AIF_CHAT_EXECUTOR_URL": chat_executor_url(config.namespace)}
+    return {}
+
+
+@dataclass(frozen=True)
+class RoleInputs:
+    """What a role's Deployment is built from, besides the role and the config."""
+
+    config_map: k8s.core.v1.ConfigMap
+    secret: k8s.core.v1.Secret
+    state_claim: k8s.core.v1.PersistentVolumeClaim | None
+    mongodb: k8s.apps.v1.StatefulSet | None
+
+
+def _env_from(
+    role: RoleSpec, config: InstallConfig, inputs: RoleInputs
+) -> list[k8s.core.v1.EnvFromSourceArgs]:
+    sources = [
         k8s.core.v1.EnvFromSourceArgs(
             config_map_ref=k8s.core.v1.ConfigMapEnvSourceArgs(
-                name=config_map.metadata.apply(lambda m: m.name or "")
+                name=inputs.config_map.metadata.apply(lambda m: m.name or "")
             )
         ),
         k8s.core.v1.EnvFromSourceArgs(
             secret_ref=k8s.core.v1.SecretEnvSourceArgs(
-                name=secret.metadata.apply(lambda m: m.name or "")
+                name=inputs.secret.metadata.apply(lambda m: m.name or "")
             )
         ),
     ]
-    data_volume = k8s.core.v1.VolumeArgs(
-        name="data", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()
-    )
-    if role.drives_models:
-        if config.backend_credentials_secret:
-            env_from.append(
-                k8s.core.v1.EnvFromSourceArgs(
-                    secret_ref=k8s.core.v1.SecretEnvSourceArgs(
-                        name=config.backend_credentials_secret
-                    )
-                )
+    if role.drives_models and config.backend_credentials_secret:
+        sources.append(
+            k8s.core.v1.EnvFromSourceArgs(
+                secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=config.backend_credentials_secret)
             )
-        if state_claim is not None:
-            data_volume = k8s.core.v1.VolumeArgs(
-                name="data",
-                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
-                    claim_name=STATE_CLAIM_NAME
-                ),
-            )
-    probe = k8s.core.v1.ProbeArgs(
-        http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port="http"),
-        period_seconds=10,
+        )
+    return sources
+
+
+def _data_volume(role: RoleSpec, inputs: RoleInputs) -> k8s.core.v1.VolumeArgs:
+    if role.drives_models and inputs.state_claim is not None:
+        return k8s.core.v1.VolumeArgs(
+            name="data",
+            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                claim_name=STATE_CLAIM_NAME
+            ),
+        )
+    return k8s.core.v1.VolumeArgs(name="data", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())
+
+
+def _health_probe(period_seconds: int) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port=HTTP_PORT_NAME),
+        period_seconds=period_seconds,
         timeout_seconds=3,
         failure_threshold=3,
     )
-    container = k8s.core.v1.ContainerArgs(
+
+
+def _container(
+    role: RoleSpec, config: InstallConfig, inputs: RoleInputs
+) -> k8s.core.v1.ContainerArgs:
+    env = role_env(role, config)
+    return k8s.core.v1.ContainerArgs(
         name=role.name,
         image=config.image,
         image_pull_policy=config.image_pull_policy,
         command=["aif", role.name],
-        env_from=env_from,
-        ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=HTTP_PORT)],
-        readiness_probe=probe,
-        liveness_probe=k8s.core.v1.ProbeArgs(
-            http_get=k8s.core.v1.HTTPGetActionArgs(path="/health", port="http"),
-            period_seconds=20,
-            timeout_seconds=3,
-            failure_threshold=3,
-        ),
+        env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()] or None,
+        env_from=_env_from(role, config, inputs),
+        ports=[k8s.core.v1.ContainerPortArgs(name=HTTP_PORT_NAME, container_port=HTTP_PORT)],
+        readiness_probe=_health_probe(10),
+        liveness_probe=_health_probe(20),
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": role.cpu_request, "memory": role.memory_request},
             limits={"cpu": role.cpu_limit, "memory": role.memory_limit},
@@ -142,9 +170,28 @@ def build_deployment(
             capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
         ),
     )
-    depends: list[pulumi.Resource] = [config_map, secret]
-    if mongodb is not None:
-        depends.append(mongodb)
+
+
+def _pod_spec(role: RoleSpec, config: InstallConfig, inputs: RoleInputs) -> k8s.core.v1.PodSpecArgs:
+    return k8s.core.v1.PodSpecArgs(
+        service_account_name=role.service_account,
+        # Only the role that calls the API gets a token.
+        automount_service_account_token=role.uses_cluster_api,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True, run_as_user=AIF_UID, fs_group=AIF_UID
+        ),
+        containers=[_container(role, config, inputs)],
+        volumes=[_data_volume(role, inputs)],
+    )
+
+
+def build_deployment(
+    role: RoleSpec, config: InstallConfig, inputs: RoleInputs, opts: pulumi.ResourceOptions
+) -> k8s.apps.v1.Deployment:
+    """The Deployment running ``aif <role>``, started after its settings (and MongoDB)."""
+    depends: list[pulumi.Resource] = [inputs.config_map, inputs.secret]
+    if inputs.mongodb is not None:
+        depends.append(inputs.mongodb)
     return k8s.apps.v1.Deployment(
         role.name,
         metadata=meta(role.name, config.namespace, role.name),
@@ -157,18 +204,7 @@ def build_deployment(
             else None,
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(role.name)),
-                spec=k8s.core.v1.PodSpecArgs(
-                    service_account_name="aif",
-                    # Only roles that read the cluster get an API token.
-                    automount_service_account_token=role.uses_cluster_api,
-                    security_context=k8s.core.v1.PodSecurityContextArgs(
-                        run_as_non_root=True,
-                        run_as_user=AIF_UID,
-                        fs_group=AIF_UID,
-                    ),
-                    containers=[container],
-                    volumes=[data_volume],
-                ),
+                spec=_pod_spec(role, config, inputs),
             ),
         ),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends)),
@@ -178,10 +214,11 @@ def build_deployment(
 __all__ = [
     "AIF_UID",
     "DATA_DIR",
-    "HTTP_PORT",
     "ROLES",
     "STATE_CLAIM_NAME",
+    "RoleInputs",
     "RoleSpec",
     "build_deployment",
+    "role_env",
     "settings_env",
 ]
