@@ -20,3 +20,4 @@ installation = build_install(InstallConfig.from_pulumi_config(pulumi.Config("aif
 pulumi.export("namespace", installation.namespace)
 pulumi.export("frontendService", installation.frontend_service_name)
 pulumi.export("endpoint", installation.endpoint)
+pulumi.export("chatExecutorUrl", installation.chat_executor_url)

@@ -3,7 +3,8 @@
 :func:`render_model` turns a :class:`~domain.deployment.DeploymentSpec` and its preset into
 plain dicts: a ``LeaderWorkerSet`` in the shape of the product's template, a ClusterIP
 ``Service`` in front of the group leaders and, when asked, a Prometheus ``PodMonitor``.
-:func:`render_documents` does the same for a register body and prints YAML (``aif render``).
+:func:`render_spec_documents` prints them as YAML (``aif render``); :func:`render_documents`
+does it for a register body, whose validation is the API's.
 Nothing here imports Pulumi or talks to a cluster: applying the objects, and deciding whether
 to await them, is left to :mod:`infra.model_deployment`; watching readiness to the deployer.
 
@@ -18,15 +19,9 @@ instance are joined by Ray as in vLLM's LWS guide: the leader starts the Ray hea
 server, workers join ``$LWS_LEADER_ADDRESS``. The engine's flags come from
 :func:`infra.vllm_args.vllm_args`, shared with local engines; ``--max-model-len`` is always set.
 
-Weight cache. Weights come from the registered PVC (``pvc.name``, subpath ``pvc.path``),
-often object storage (OBS), which loads slowly. With ``ClusterConfig.cache_pvc`` set (a fast
-file-storage PVC such as SFS Turbo), every pod gets an init container that copies
-``<source>/<pvc.path>`` to ``<cache>/<pvc.name>/<pvc.path>`` unless a ``.aif-complete`` marker
-is already there, and the engine reads from the cache. Pods starting together take a lock
-directory so one copies while the others wait for the marker; a copy goes to a private
-temporary directory that is renamed into place only when complete, so a reader never sees a
-half-copied model, and a lock left by a pod that died is given up after
-``CACHE_LOCK_WAIT_S``. Evicting old copies from the cache is left to its operator.
+Weight cache. With ``ClusterConfig.cache_pvc`` set, the pods copy the weights to that fast
+volume first and the engine reads them from there; the init container that does it is
+:mod:`infra.weight_cache`'s.
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ from typing import Any
 
 import yaml
 
-from api.schemas import ModelCreate
 from domain.deployment import DeploymentSpec
 from domain.presets import Preset, load_presets
 from domain.records import Pvc
@@ -46,6 +40,13 @@ from domain.settings import ClusterConfig
 from infra.sizing import Parallelism, plan_parallelism
 from infra.sizing import SizingError as SizingError  # render_model's error, for its callers
 from infra.vllm_args import vllm_args
+from infra.weight_cache import (
+    CACHE_VOLUME,
+    cache_init_container,
+    cache_path,
+    cache_volume,
+    kubelet_literal,
+)
 
 Manifest = dict[str, Any]
 
@@ -67,13 +68,6 @@ STARTUP_PERIOD_S = 10
 PROBE_TIMEOUT_S = 5
 # NCCL/HCCL and Ray use shared memory between processes of one pod.
 SHM_SIZE = "16Gi"
-# Long enough for one pod to copy a 72B model (~145 GB) from object storage at ~50 MB/s.
-CACHE_LOCK_WAIT_S = 3600
-# Waiting pods look for the marker this often; a stat on the cache volume is cheap.
-CACHE_POLL_S = 2
-CACHE_MARKER = ".aif-complete"
-SOURCE_MOUNT = "/mnt/aif/source"
-CACHE_MOUNT = "/mnt/aif/cache"
 # The leader pod of a group pulls the same image as its workers; a cold pull can take minutes.
 RAY_JOIN_TIMEOUT_S = 900
 SINGLE_NODE_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
@@ -112,11 +106,6 @@ def label_value(text: str) -> str:
 # --- pod templates ---------------------------------------------------------------------------
 
 
-def _literal(text: str) -> str:
-    # The kubelet expands $(VAR) in env values, command and args; $$ keeps a literal $.
-    return text.replace("$", "$$")
-
-
 def _engine_args(spec: DeploymentSpec, preset: Preset, par: Parallelism) -> list[str]:
     args = [
         "--model", model_dir(preset),
@@ -129,7 +118,7 @@ def _engine_args(spec: DeploymentSpec, preset: Preset, par: Parallelism) -> list
         "--port", str(ENGINE_PORT),
         *preset.vllm.extra_args,
     ]  # fmt: skip
-    return [_literal(arg) for arg in args]
+    return [kubelet_literal(arg) for arg in args]
 
 
 def model_dir(preset: Preset) -> str:
@@ -160,49 +149,6 @@ done
 exec ray start --address="$head:{RAY_PORT}" --block --disable-usage-stats
 """
 
-CACHE_SCRIPT = f"""set -eu
-src="$AIF_CACHE_SOURCE"; dst="$AIF_CACHE_TARGET"; marker="$dst/{CACHE_MARKER}"
-[ -f "$marker" ] && exit 0
-mkdir -p "${{dst%/*}}"
-while ! mkdir "$dst.aif-lock" 2>/dev/null; do
-  [ -f "$marker" ] && exit 0
-  [ "$SECONDS" -ge {CACHE_LOCK_WAIT_S} ] && break
-  sleep {CACHE_POLL_S}
-done
-tmp="$dst.aif-tmp-$HOSTNAME"
-rm -rf "$tmp"; mkdir -p "$tmp"
-cp -a "$src/." "$tmp/"
-touch "$tmp/{CACHE_MARKER}"
-if [ -e "$dst" ] && [ ! -f "$marker" ]; then rm -rf "$dst"; fi
-mv -T "$tmp" "$dst" 2>/dev/null || rm -rf "$tmp"
-rmdir "$dst.aif-lock" 2>/dev/null || true
-"""
-
-
-def _cache_path(pvc: Pvc) -> str:
-    # Keyed by the source PVC too: two PVCs may hold different weights under one path.
-    return f"{pvc.name}/{pvc.path}"
-
-
-def _cache_init_container(image: str, pvc: Pvc) -> dict[str, Any]:
-    env = {"AIF_CACHE_SOURCE": f"{SOURCE_MOUNT}/{pvc.path}"}
-    env["AIF_CACHE_TARGET"] = f"{CACHE_MOUNT}/{_cache_path(pvc)}"
-    return {
-        "name": "cache-weights",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["bash", "-c", CACHE_SCRIPT],
-        "env": [{"name": k, "value": _literal(v)} for k, v in env.items()],
-        "resources": {
-            "requests": {"cpu": "1", "memory": "1Gi"},
-            "limits": {"cpu": "2", "memory": "4Gi"},
-        },
-        "volumeMounts": [
-            {"name": "models", "mountPath": SOURCE_MOUNT, "readOnly": True},
-            {"name": "cache", "mountPath": CACHE_MOUNT},
-        ],
-    }
-
 
 def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterConfig) -> Manifest:
     volumes: list[dict[str, Any]] = [
@@ -213,9 +159,9 @@ def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterC
     if cluster.scheduler_name:
         pod["schedulerName"] = cluster.scheduler_name
     if cluster.cache_pvc:
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cluster.cache_pvc}})
+        volumes.append(cache_volume(cluster.cache_pvc))
         # The engine's image has bash and cp; a second image would only add a pull.
-        pod["initContainers"] = [_cache_init_container(container["image"], spec.pvc)]
+        pod["initContainers"] = [cache_init_container(container["image"], spec.pvc)]
     return {**pod, "containers": [container], "volumes": volumes}
 
 
@@ -234,13 +180,13 @@ def _container(
     weights: dict[str, Any] = {"name": "models", "mountPath": model_dir(preset), "readOnly": True}
     weights["subPath"] = spec.pvc.path
     if cluster.cache_pvc:
-        weights |= {"name": "cache", "subPath": _cache_path(spec.pvc)}
+        weights |= {"name": CACHE_VOLUME, "subPath": cache_path(spec.pvc)}
     container: dict[str, Any] = {
         "name": profile.container_name,
         "image": cluster.engine_image or profile.image,
         "imagePullPolicy": "IfNotPresent",
         **run,
-        "env": [{"name": k, "value": _literal(v)} for k, v in env.items()],
+        "env": [{"name": k, "value": kubelet_literal(v)} for k, v in env.items()],
     }
     if serves:
         container["ports"] = [{"name": PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}]
@@ -270,13 +216,10 @@ def leader_selector(lws_name: str) -> dict[str, str]:
     return {LWS_NAME_LABEL: lws_name, "role": "leader"}
 
 
-def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -> list[Manifest]:
-    """The model's Kubernetes objects: LWS, Service and, when configured, a PodMonitor.
-
-    Raises :class:`SizingError` when the preset cannot run on the accelerators it names.
-    """
-    par = plan_parallelism(preset, spec.resource_type, cluster)
-    name = k8s_name(spec.name, spec.model_id)
+def _labels(
+    spec: DeploymentSpec, preset: Preset, name: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels of every object, labels of every pod of the model's groups)."""
     version = label_value(spec.version) or "1"
     common = {
         "app.kubernetes.io/managed-by": MANAGED_BY,
@@ -289,9 +232,21 @@ def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -
         "xds/teGroupType": label_value(preset.name),
         "xds/version": version,
     }
-    pod_annotations = (
-        {VOLCANO_QUEUE_ANNOTATION: cluster.volcano_queue} if cluster.volcano_queue else {}
-    )
+    return common, group
+
+
+def _pod_metadata(pod_labels: dict[str, str], cluster: ClusterConfig) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": pod_labels}
+    if cluster.volcano_queue:
+        meta["annotations"] = {VOLCANO_QUEUE_ANNOTATION: cluster.volcano_queue}
+    return meta
+
+
+def _group_template(
+    spec: DeploymentSpec, preset: Preset, par: Parallelism, cluster: ClusterConfig, name: str
+) -> dict[str, Any]:
+    """The LWS ``leaderWorkerTemplate``: one leader serving the API, Ray workers if needed."""
+    _, group = _labels(spec, preset, name)
     args = _engine_args(spec, preset, par)
     multi_node = par.nodes > 1
     if multi_node:
@@ -299,77 +254,97 @@ def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -
     else:
         run = {"command": SINGLE_NODE_COMMAND, "args": args}
     leader = _container(spec, preset, par, cluster, run, serves=True)
-    leader_meta: dict[str, Any] = {
-        "labels": {"xds/instanceType": "head", **group, "role": "leader"}
-    }
-    if pod_annotations:
-        leader_meta["annotations"] = pod_annotations
-    worker_template: dict[str, Any] = {
-        "spec": {"containers": []}
-    }  # LWS makes no workers for size 1
+    leader_meta = _pod_metadata({"xds/instanceType": "head", **group, "role": "leader"}, cluster)
+    # LWS makes no workers for a group of size 1.
+    worker_template: dict[str, Any] = {"spec": {"containers": []}}
     if multi_node:
         run = {"command": ["bash", "-c", WORKER_SCRIPT]}
         worker = _container(spec, preset, par, cluster, run, serves=False)
-        worker_meta: dict[str, Any] = {"labels": {"xds/instanceType": "worker", **group}}
-        if pod_annotations:
-            worker_meta["annotations"] = pod_annotations
-        worker_template = {"metadata": worker_meta, "spec": _pod_spec(worker, spec, cluster)}
-    metadata = {
-        "name": name,
-        "namespace": cluster.namespace,
-        "labels": common,
-        "annotations": {"aif/model-name": spec.name},
+        worker_template = {
+            "metadata": _pod_metadata({"xds/instanceType": "worker", **group}, cluster),
+            "spec": _pod_spec(worker, spec, cluster),
+        }
+    return {
+        "size": par.nodes,
+        "restartPolicy": "RecreateGroupOnPodRestart",
+        "leaderTemplate": {"metadata": leader_meta, "spec": _pod_spec(leader, spec, cluster)},
+        "workerTemplate": worker_template,
     }
+
+
+def _leader_service(name: str, cluster: ClusterConfig, common: dict[str, str]) -> Manifest:
+    port = {"name": PORT_NAME, "port": ENGINE_PORT, "targetPort": ENGINE_PORT, "protocol": "TCP"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(name), "namespace": cluster.namespace, "labels": common},
+        "spec": {"type": "ClusterIP", "selector": leader_selector(name), "ports": [port]},
+    }
+
+
+def _pod_monitor(name: str, cluster: ClusterConfig, common: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": name, "namespace": cluster.namespace, "labels": common},
+        "spec": {
+            "selector": {"matchLabels": leader_selector(name)},
+            "podMetricsEndpoints": [{"port": PORT_NAME, "path": "/metrics"}],
+        },
+    }
+
+
+def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -> list[Manifest]:
+    """The model's Kubernetes objects: LWS, Service and, when configured, a PodMonitor.
+
+    Raises :class:`SizingError` when the preset cannot run on the accelerators it names.
+    """
+    par = plan_parallelism(preset, spec.resource_type, cluster)
+    name = k8s_name(spec.name, spec.model_id)
+    common, _ = _labels(spec, preset, name)
     lws = {
         "apiVersion": LWS_API_VERSION,
         "kind": "LeaderWorkerSet",
-        "metadata": metadata,
+        "metadata": {
+            "name": name,
+            "namespace": cluster.namespace,
+            "labels": common,
+            "annotations": {"aif/model-name": spec.name},
+        },
         "spec": {
             "replicas": spec.replicas,
             # Workers must start with the leader: its Ray head waits for them to join.
             "startupPolicy": "LeaderCreated",
-            "leaderWorkerTemplate": {
-                "size": par.nodes,
-                "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": {
-                    "metadata": leader_meta,
-                    "spec": _pod_spec(leader, spec, cluster),
-                },
-                "workerTemplate": worker_template,
-            },
+            "leaderWorkerTemplate": _group_template(spec, preset, par, cluster, name),
         },
     }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": service_name(name), "namespace": cluster.namespace, "labels": common},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": leader_selector(name),
-            "ports": [
-                {
-                    "name": PORT_NAME,
-                    "port": ENGINE_PORT,
-                    "targetPort": ENGINE_PORT,
-                    "protocol": "TCP",
-                }
-            ],
-        },
-    }
-    objects: list[Manifest] = [lws, service]
+    objects: list[Manifest] = [lws, _leader_service(name, cluster, common)]
     if cluster.pod_monitor:
-        objects.append(
-            {
-                "apiVersion": "monitoring.coreos.com/v1",
-                "kind": "PodMonitor",
-                "metadata": {"name": name, "namespace": cluster.namespace, "labels": common},
-                "spec": {
-                    "selector": {"matchLabels": leader_selector(name)},
-                    "podMetricsEndpoints": [{"port": PORT_NAME, "path": "/metrics"}],
-                },
-            }
-        )
+        objects.append(_pod_monitor(name, cluster, common))
     return objects
+
+
+def render_spec_documents(spec: DeploymentSpec, cluster: ClusterConfig) -> str:
+    """Multi-document YAML of :func:`render_model`'s objects for ``spec`` (``aif render``)."""
+    objects = render_model(spec, load_presets()[spec.type], cluster)
+    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False)
+
+
+def render_spec(
+    name: str, model_type: str, resource_type: str, version: str, replicas: int, pvc: Pvc
+) -> DeploymentSpec:
+    """The spec ``aif render`` shows for a register body: a stable id from the name, so that
+    renders of one body are identical."""
+    return DeploymentSpec(
+        model_id=hashlib.md5(name.encode(), usedforsecurity=False).hexdigest(),
+        name=name,
+        type=model_type,
+        resource_type=resource_type,
+        version=version,
+        replicas=replicas,
+        pvc=pvc,
+        generation=1,
+    )
 
 
 def render_documents(body: str | bytes, cluster: ClusterConfig) -> str:
@@ -377,20 +352,20 @@ def render_documents(body: str | bytes, cluster: ClusterConfig) -> str:
 
     Raises pydantic's ``ValidationError`` for a body the API would refuse.
     """
+    # Validating the body is the API's; imported here so that nothing else in infra loads
+    # it. The CLI should validate and call render_spec_documents itself, retiring this.
+    from api.schemas import ModelCreate
+
     model = ModelCreate.model_validate_json(body)
-    spec = DeploymentSpec(
-        # A stable id from the name, so that renders of one body are identical.
-        model_id=hashlib.md5(model.name.encode(), usedforsecurity=False).hexdigest(),
-        name=model.name,
-        type=model.type,
-        resource_type=model.resource_type,
-        version=model.version,
-        replicas=model.min_instance,
-        pvc=Pvc(name=model.pvc.name, path=model.pvc.path),
-        generation=1,
+    spec = render_spec(
+        model.name,
+        model.type,
+        model.resource_type,
+        model.version,
+        model.min_instance,
+        Pvc(name=model.pvc.name, path=model.pvc.path),
     )
-    objects = render_model(spec, load_presets()[model.type], cluster)
-    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False)
+    return render_spec_documents(spec, cluster)
 
 
 class _ReadableDumper(yaml.SafeDumper):

@@ -29,7 +29,6 @@ from pulumi_kubernetes.meta.v1 import ObjectMetaArgs
 
 from domain.deployment import DeploymentSpec
 from domain.presets import load_presets
-from domain.records import Pvc
 from domain.settings import ClusterConfig
 from infra.manifests import ENGINE_PORT, Manifest, render_model
 
@@ -39,75 +38,15 @@ SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 
 @dataclass(frozen=True)
 class ModelDeploymentArgs:
-    """One model and its cluster settings as flat, plain values.
+    """One model's desired spec and the cluster settings it is rendered with.
 
     Plain values rather than Pulumi inputs: the manifests are rendered by a pure function, and
-    the deployer that builds the args already holds the whole desired spec.
+    the deployer that builds the args already holds the whole desired spec. How they are kept
+    in a stack's config is left to :mod:`infra.pulumi_deployer`.
     """
 
-    model_id: str
-    model_name: str
-    model_type: str
-    resource_type: str
-    version: str
-    replicas: int
-    pvc_name: str
-    pvc_path: str
-    generation: int = 1
-    namespace: str = "aif-models"
-    image: str = ""
-    scheduler_name: str = ""
-    volcano_queue: str = ""
-    cache_pvc: str = ""
-    pod_monitor: bool = False
-    max_accelerators_per_node: int = 8
-
-    @classmethod
-    def of(cls, spec: DeploymentSpec, cluster: ClusterConfig) -> ModelDeploymentArgs:
-        return cls(
-            model_id=spec.model_id,
-            model_name=spec.name,
-            model_type=spec.type,
-            resource_type=spec.resource_type,
-            version=spec.version,
-            replicas=spec.replicas,
-            pvc_name=spec.pvc.name,
-            pvc_path=spec.pvc.path,
-            generation=spec.generation,
-            namespace=cluster.namespace,
-            image=cluster.engine_image,
-            scheduler_name=cluster.scheduler_name,
-            volcano_queue=cluster.volcano_queue,
-            cache_pvc=cluster.cache_pvc,
-            pod_monitor=cluster.pod_monitor,
-            max_accelerators_per_node=cluster.max_accelerators_per_node,
-        )
-
-    def to_spec(self) -> DeploymentSpec:
-        return DeploymentSpec(
-            model_id=self.model_id,
-            name=self.model_name,
-            type=self.model_type,
-            resource_type=self.resource_type,
-            version=self.version,
-            replicas=self.replicas,
-            pvc=Pvc(name=self.pvc_name, path=self.pvc_path),
-            generation=self.generation,
-        )
-
-    def to_cluster(self) -> ClusterConfig:
-        return ClusterConfig(
-            namespace=self.namespace,
-            engine_image=self.image,
-            scheduler_name=self.scheduler_name,
-            volcano_queue=self.volcano_queue,
-            cache_pvc=self.cache_pvc,
-            pod_monitor=self.pod_monitor,
-            max_accelerators_per_node=self.max_accelerators_per_node,
-        )
-
-    def to_spec_and_cluster(self) -> tuple[DeploymentSpec, ClusterConfig]:
-        return self.to_spec(), self.to_cluster()
+    spec: DeploymentSpec
+    cluster: ClusterConfig
 
 
 def _metadata(obj: Manifest) -> ObjectMetaArgs:
@@ -137,10 +76,9 @@ class ModelDeployment(pulumi.ComponentResource):
     ) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         presets = load_presets()
-        if args.model_type not in presets:
-            raise ValueError(f"unknown model type {args.model_type!r}")
-        spec, cluster = args.to_spec_and_cluster()
-        objects = render_model(spec, presets[args.model_type], cluster)
+        if args.spec.type not in presets:
+            raise ValueError(f"unknown model type {args.spec.type!r}")
+        objects = render_model(args.spec, presets[args.spec.type], args.cluster)
         child = pulumi.ResourceOptions(parent=self)
 
         by_kind = {obj["kind"]: obj for obj in objects}

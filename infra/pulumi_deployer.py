@@ -32,19 +32,21 @@ import hashlib
 import json
 import logging
 import time
-import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 from pulumi import automation as auto
 
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
 from domain.presets import load_presets
+from domain.records import Pvc
 from domain.settings import ClusterConfig, Settings
+from infra import cluster_settings
 from infra.cluster_observer import ClusterObserver, ClusterSnapshot, KubernetesObserver, diagnose
+from infra.cluster_settings import Lookup
 from infra.manifests import LWS_NAME_LABEL, SizingError, k8s_name, render_model
 from infra.model_deployment import ModelDeployment, ModelDeploymentArgs
 from infra.stacks import Progress, StackWorkspace, run_cli
@@ -53,47 +55,66 @@ logger = logging.getLogger(__name__)
 
 PROJECT_NAME = "aif-models"
 SPEC_HASH_KEY = "specHash"
-# Config keys of ModelDeploymentArgs left out of the stack: generation changes nothing rendered.
-_NOT_IN_CONFIG = frozenset({"generation"})
 
 
 # --- stack config and the inline program ------------------------------------------------------
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+def _spec_values(spec: DeploymentSpec) -> dict[str, str]:
+    # The generation is left out: it changes nothing rendered, so it must not change the hash.
+    return {
+        "modelId": spec.model_id,
+        "modelName": spec.name,
+        "modelType": spec.type,
+        "resourceType": spec.resource_type,
+        "version": spec.version,
+        "replicas": str(spec.replicas),
+        "pvcName": spec.pvc.name,
+        "pvcPath": spec.pvc.path,
+    }
 
 
 def stack_config(args: ModelDeploymentArgs) -> dict[str, str]:
-    """The stack's config: every field of the component's args, as camelCase keys."""
-    config = {}
-    for f in fields(args):
-        if f.name in _NOT_IN_CONFIG:
-            continue
-        value = getattr(args, f.name)
-        config[_camel(f.name)] = json.dumps(value) if isinstance(value, bool) else str(value)
-    return config
+    """The stack's config: the spec's fields and every cluster setting, as camelCase keys.
+
+    The cluster settings are generated from ``ClusterConfig`` (:mod:`infra.cluster_settings`),
+    so a new one reaches the stack, and its hash, with no change here.
+    """
+    spec = _spec_values(args.spec)
+    cluster = cluster_settings.stack_values(args.cluster)
+    clash = spec.keys() & cluster.keys()
+    if clash:
+        raise ValueError(f"cluster settings {sorted(clash)} clash with the spec's stack keys")
+    return {**spec, **cluster}
 
 
-def args_from_config(config: pulumi.Config) -> ModelDeploymentArgs:
-    """The inverse of :func:`stack_config`, read inside the program."""
-    hints = typing.get_type_hints(ModelDeploymentArgs)
-    values: dict[str, Any] = {}
-    for f in fields(ModelDeploymentArgs):
-        raw = config.get(_camel(f.name))
-        if raw is None:
-            continue
-        kind = hints[f.name]
-        values[f.name] = raw == "true" if kind is bool else int(raw) if kind is int else raw
-    return ModelDeploymentArgs(**values)
+def args_from_config(values: Lookup) -> ModelDeploymentArgs:
+    """The inverse of :func:`stack_config` (the generation is not kept: it reads as 0)."""
+
+    def required(key: str) -> str:
+        value = values.get(key)
+        if value is None:
+            raise ValueError(f"stack config {key!r} is missing")
+        return value
+
+    spec = DeploymentSpec(
+        model_id=required("modelId"),
+        name=required("modelName"),
+        type=required("modelType"),
+        resource_type=required("resourceType"),
+        version=values.get("version") or "",
+        replicas=int(required("replicas")),
+        pvc=Pvc(name=required("pvcName"), path=required("pvcPath")),
+        generation=0,
+    )
+    return ModelDeploymentArgs(spec, cluster_settings.from_stack_values(values))
 
 
 def model_program() -> None:
     """The inline program of every model stack: a ModelDeployment from the stack's config."""
     config = pulumi.Config()
     args = args_from_config(config)
-    deployment = ModelDeployment(k8s_name(args.model_name, args.model_id), args)
+    deployment = ModelDeployment(k8s_name(args.spec.name, args.spec.model_id), args)
     pulumi.export("lwsName", deployment.lws_name)
     pulumi.export("serviceName", deployment.service_name)
     pulumi.export("clusterIp", deployment.cluster_ip)
@@ -121,8 +142,7 @@ def desired_stack(spec: DeploymentSpec, cluster: ClusterConfig) -> DesiredStack:
         manifests = render_model(spec, presets[spec.type], cluster)
     except SizingError as exc:
         raise DeployerError(str(exc), reason="InvalidSpec", retryable=False) from exc
-    args = ModelDeploymentArgs.of(spec, cluster)
-    base = stack_config(args)
+    base = stack_config(ModelDeploymentArgs(spec, cluster))
     # The rendered objects are in the digest, so an aif upgrade that changes them re-applies.
     text = json.dumps({"config": base, "manifests": manifests}, sort_keys=True)
     spec_hash = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -2,7 +2,8 @@
 
 :class:`InstallConfig` is read by :meth:`InstallConfig.from_pulumi_config` and refuses, with
 :class:`InstallConfigError`, a config that cannot work (no database, no passphrase in
-production, several executors on one file:// state). Turning it into objects is left to
+production, several executors on one file:// state, frontends with no chat-job-executor to
+forward to, more than one task-executor-manager). Turning it into objects is left to
 :mod:`infra.install.installation`.
 """
 
@@ -13,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pulumi
+from pydantic import ValidationError
+
+from domain.settings import ClusterConfig
+from infra import cluster_settings
 
 DEFAULT_IMAGE = "aif:0.1.0"
 
@@ -23,6 +28,8 @@ class InstallConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RoleReplicas:
+    """Pods per role (``aif:replicas``); :class:`InstallConfig` checks they can work together."""
+
     frontend: int = 1
     model_job_executor: int = 1
     chat_job_executor: int = 1
@@ -51,13 +58,16 @@ class InstallConfig:
     pulumi_passphrase: pulumi.Input[str] | None = None  # aif:pulumiPassphrase (secret)
     backend_credentials_secret: str = ""  # aif:backendCredentialsSecret (AWS_* keys for s3://)
     state_storage_size: str = "1Gi"  # aif:stateStorageSize
-    scheduler_name: str = ""  # aif:schedulerName, e.g. volcano
-    volcano_queue: str = ""  # aif:volcanoQueue
-    models_namespace: str = "aif-models"  # aif:modelsNamespace
     create_models_namespace: bool = True  # aif:createModelsNamespace
-    engine_image: str = ""  # aif:engineImage, overrides the presets' images
-    pod_monitor: bool = False  # aif:podMonitor
     log_level: str = "INFO"  # aif:logLevel
+    # What models get on this cluster: aif:modelsNamespace, aif:schedulerName, aif:engineImage
+    # ... one key per ClusterConfig field (see infra.cluster_settings.install_key).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def models_namespace(self) -> str:
+        """Where the models run (``aif:modelsNamespace``)."""
+        return self.cluster.namespace
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +88,7 @@ class InstallConfig:
                 "aif:pulumiBackendUrl is required for more than one model-job-executor: the "
                 "default file:// state lives on one ReadWriteOnce volume"
             )
+        problems.extend(_replica_problems(self.replicas))
         if problems:
             raise InstallConfigError("; ".join(problems))
 
@@ -96,10 +107,6 @@ class InstallConfig:
             "pulumiBackendUrl": "pulumi_backend_url",
             "backendCredentialsSecret": "backend_credentials_secret",
             "stateStorageSize": "state_storage_size",
-            "schedulerName": "scheduler_name",
-            "volcanoQueue": "volcano_queue",
-            "modelsNamespace": "models_namespace",
-            "engineImage": "engine_image",
             "logLevel": "log_level",
         }
         for key, attribute in strings.items():
@@ -109,7 +116,6 @@ class InstallConfig:
         flags = {
             "enableLocalStorage": "enable_local_storage",
             "createModelsNamespace": "create_models_namespace",
-            "podMonitor": "pod_monitor",
         }
         for key, attribute in flags.items():
             flag = config.get_bool(key)
@@ -125,7 +131,33 @@ class InstallConfig:
         replicas = config.get_object("replicas")
         if replicas is not None:
             given["replicas"] = _role_replicas(replicas)
+        given["cluster"] = _cluster(config)
         return cls(**given)
+
+
+def _cluster(config: pulumi.Config) -> ClusterConfig:
+    try:
+        return cluster_settings.from_install_values(config)
+    except (ValueError, ValidationError) as exc:
+        keys = ", ".join(
+            f"aif:{cluster_settings.install_key(n)}" for n in ClusterConfig.model_fields
+        )
+        raise InstallConfigError(f"invalid cluster settings ({keys}): {exc}") from exc
+
+
+def _replica_problems(replicas: RoleReplicas) -> list[str]:
+    problems = []
+    if replicas.frontend > 0 and replicas.chat_job_executor < 1:
+        problems.append(
+            "aif:replicas.chatJobExecutor must be at least 1 while frontends run: the frontend "
+            "forwards every inference request to the chat-job-executor Service"
+        )
+    if replicas.task_executor_manager > 1:
+        problems.append(
+            "aif:replicas.taskExecutorManager must be 0 or 1: each manager keeps its scaling "
+            "state in memory and takes no lease, so two would scale the same models twice"
+        )
+    return problems
 
 
 def _role_replicas(raw: Any) -> RoleReplicas:

@@ -1,9 +1,10 @@
 """The ``Installation`` component: every object of one aif installation, parented to it.
 
-The namespace (unless a shared one), a service account with its RBAC
+The namespaces (unless shared ones), the service accounts and the executor's RBAC
 (:mod:`infra.install.rbac`), the settings as a ConfigMap and a Secret, the Pulumi state's volume
 when no backend URL is given, the four role Deployments (:mod:`infra.install.roles`), the
-``frontend-service`` ClusterIP Service and, with ``enableLocalStorage``, an in-cluster MongoDB
+``frontend-service`` and ``chat-job-executor`` ClusterIP Services
+(:mod:`infra.install.services`) and, with ``enableLocalStorage``, an in-cluster MongoDB
 (:mod:`infra.install.mongodb`). Reading and checking the config is left to
 :mod:`infra.install.config`.
 """
@@ -15,11 +16,22 @@ import pulumi_kubernetes as k8s
 
 from infra.install.config import InstallConfig
 from infra.install.mongodb import build_mongodb, mongodb_service_url
-from infra.install.objects import after, claim_spec, labels, meta, selector
+from infra.install.objects import after, claim_spec, labels, meta
 from infra.install.rbac import build_rbac
-from infra.install.roles import HTTP_PORT, ROLES, STATE_CLAIM_NAME, build_deployment, settings_env
+from infra.install.roles import (
+    ROLES,
+    STATE_CLAIM_NAME,
+    RoleInputs,
+    build_deployment,
+    settings_env,
+)
+from infra.install.services import (
+    FRONTEND_SERVICE_NAME,
+    build_services,
+    chat_executor_url,
+    frontend_endpoint,
+)
 
-FRONTEND_SERVICE_NAME = "frontend-service"
 # Namespaces the install never creates or deletes.
 SHARED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 
@@ -30,6 +42,7 @@ class Installation(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     frontend_service_name: pulumi.Output[str]
     endpoint: pulumi.Output[str]
+    chat_executor_url: pulumi.Output[str]
     mongodb_url: pulumi.Output[str]
 
     def __init__(
@@ -37,110 +50,97 @@ class Installation(pulumi.ComponentResource):
     ) -> None:
         super().__init__("aif:index:Installation", name, None, opts)
         self.config = config
-        child = pulumi.ResourceOptions(parent=self)
-        ns = config.namespace
+        after_ns, models_opts = self._namespaces()
+        self.rbac = build_rbac(config, after_ns, models_opts)
+        self.mongodb_url = self._database(after_ns)
+        self.config_map, self.secret = self._settings(after_ns)
+        self.state_claim = self._state_claim(after_ns)
+        inputs = RoleInputs(self.config_map, self.secret, self.state_claim, self.mongodb)
+        # Pods of a role name their account: start them once both accounts exist.
+        roles_opts = after(after_ns, self.rbac.service_account, self.rbac.executor_service_account)
+        self.deployments = {
+            role.name: build_deployment(role, config, inputs, roles_opts) for role in ROLES
+        }
+        self.services = build_services(config.namespace, after_ns)
+        self.frontend_service = self.services.frontend
+        self._export_outputs()
 
-        self.namespace_resource = _namespace("aif-namespace", ns, child)
-        after_ns = after(child, self.namespace_resource)
+    def _namespaces(self) -> tuple[pulumi.ResourceOptions, pulumi.ResourceOptions]:
+        """Creates the namespaces; returns options ordering after the install namespace, and
+        after both namespaces."""
+        child = pulumi.ResourceOptions(parent=self)
+        config = self.config
+        self.namespace_resource = _namespace("aif-namespace", config.namespace, child)
         self.models_namespace_resource: k8s.core.v1.Namespace | None = None
-        if config.create_models_namespace and config.models_namespace != ns:
+        if config.create_models_namespace and config.models_namespace != config.namespace:
             # Retained on delete: it holds the users' weight PVCs, which outlive aif.
             self.models_namespace_resource = _namespace(
                 "aif-models-namespace",
                 config.models_namespace,
                 pulumi.ResourceOptions(parent=self, retain_on_delete=True),
             )
+        after_ns = after(child, self.namespace_resource)
+        return after_ns, after(child, self.namespace_resource, self.models_namespace_resource)
 
-        self.service_account = k8s.core.v1.ServiceAccount(
-            "aif",
-            metadata=meta("aif", ns, "control-plane"),
-            opts=after_ns,
-        )
-        models_opts = after_ns
-        if self.models_namespace_resource is not None:
-            models_opts = after(child, self.namespace_resource, self.models_namespace_resource)
-        rbac = build_rbac(config, child, after_ns, models_opts)
-        self.role = rbac.role
-        self.role_binding = rbac.role_binding
-        self.cluster_role = rbac.cluster_role
-        self.cluster_role_binding = rbac.cluster_role_binding
-
+    def _database(self, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """The store's URL, secret: the in-cluster MongoDB's, or the configured one."""
         self.mongodb: k8s.apps.v1.StatefulSet | None = None
-        if config.enable_local_storage:
-            self.mongodb = build_mongodb(config, after_ns)
-            mongodb_url: pulumi.Input[str] = mongodb_service_url(ns)
-        else:
-            assert config.mongodb_url is not None  # checked by InstallConfig
-            mongodb_url = config.mongodb_url
-        self.mongodb_url = pulumi.Output.secret(mongodb_url)
+        if self.config.enable_local_storage:
+            self.mongodb = build_mongodb(self.config, opts)
+            return pulumi.Output.secret(mongodb_service_url(self.config.namespace))
+        assert self.config.mongodb_url is not None  # checked by InstallConfig
+        return pulumi.Output.secret(self.config.mongodb_url)
 
-        self.config_map = k8s.core.v1.ConfigMap(
+    def _settings(
+        self, opts: pulumi.ResourceOptions
+    ) -> tuple[k8s.core.v1.ConfigMap, k8s.core.v1.Secret]:
+        """The roles' settings: plain ones in a ConfigMap, the rest in a Secret."""
+        ns = self.config.namespace
+        config_map = k8s.core.v1.ConfigMap(
             "aif-config",
             metadata=meta(None, ns, "control-plane"),
-            data=settings_env(config),
-            opts=after_ns,
+            data=settings_env(self.config),
+            opts=opts,
         )
         secret_data: dict[str, pulumi.Input[str]] = {"AIF_MONGODB_URL": self.mongodb_url}
-        if config.pulumi_passphrase is not None:
-            secret_data["AIF_PULUMI_PASSPHRASE"] = config.pulumi_passphrase
-        self.secret = k8s.core.v1.Secret(
+        if self.config.pulumi_passphrase is not None:
+            secret_data["AIF_PULUMI_PASSPHRASE"] = self.config.pulumi_passphrase
+        secret = k8s.core.v1.Secret(
             "aif-secrets",
             metadata=meta(None, ns, "control-plane"),
             string_data=secret_data,
-            opts=after_ns,
+            opts=opts,
+        )
+        return config_map, secret
+
+    def _state_claim(
+        self, opts: pulumi.ResourceOptions
+    ) -> k8s.core.v1.PersistentVolumeClaim | None:
+        if self.config.pulumi_backend_url:
+            return None
+        # The default file:// backend keeps every model's stack state: it must survive the
+        # executor's restarts.
+        return k8s.core.v1.PersistentVolumeClaim(
+            STATE_CLAIM_NAME,
+            metadata=meta(STATE_CLAIM_NAME, self.config.namespace, "model-job-executor"),
+            spec=claim_spec(self.config.state_storage_size, self.config.storage_class_name),
+            opts=opts,
         )
 
-        self.state_claim: k8s.core.v1.PersistentVolumeClaim | None = None
-        if not config.pulumi_backend_url:
-            # The default file:// backend keeps every model's stack state: it must survive
-            # the executor's restarts.
-            self.state_claim = k8s.core.v1.PersistentVolumeClaim(
-                STATE_CLAIM_NAME,
-                metadata=meta(STATE_CLAIM_NAME, ns, "model-job-executor"),
-                spec=claim_spec(config.state_storage_size, config.storage_class_name),
-                opts=after_ns,
-            )
-
-        self.deployments = {
-            role.name: build_deployment(
-                role,
-                config,
-                config_map=self.config_map,
-                secret=self.secret,
-                state_claim=self.state_claim,
-                mongodb=self.mongodb,
-                opts=after_ns,
-            )
-            for role in ROLES
-        }
-
-        self.frontend_service = k8s.core.v1.Service(
-            "frontend-service",
-            metadata=meta(FRONTEND_SERVICE_NAME, ns, "frontend"),
-            spec=k8s.core.v1.ServiceSpecArgs(
-                type="ClusterIP",
-                selector=selector("frontend"),
-                ports=[
-                    k8s.core.v1.ServicePortArgs(
-                        name="http", port=80, target_port=HTTP_PORT, protocol="TCP"
-                    )
-                ],
-            ),
-            opts=after_ns,
-        )
-
+    def _export_outputs(self) -> None:
+        ns = self.config.namespace
         self.namespace = pulumi.Output.from_input(ns)
         self.frontend_service_name = self.frontend_service.metadata.apply(
             lambda m: m.name or FRONTEND_SERVICE_NAME
         )
-        self.endpoint = pulumi.Output.from_input(
-            f"http://{FRONTEND_SERVICE_NAME}.{ns}.svc.cluster.local"
-        )
+        self.endpoint = pulumi.Output.from_input(frontend_endpoint(ns))
+        self.chat_executor_url = pulumi.Output.from_input(chat_executor_url(ns))
         self.register_outputs(
             {
                 "namespace": self.namespace,
                 "frontend_service_name": self.frontend_service_name,
                 "endpoint": self.endpoint,
+                "chat_executor_url": self.chat_executor_url,
                 "mongodb_url": self.mongodb_url,
             }
         )

@@ -24,10 +24,8 @@ def mongodb_service_url(namespace: str) -> str:
     return f"mongodb://{MONGODB_NAME}.{namespace}.svc.cluster.local:{MONGODB_PORT}/"
 
 
-def build_mongodb(config: InstallConfig, opts: pulumi.ResourceOptions) -> k8s.apps.v1.StatefulSet:
-    """MongoDB for ``enableLocalStorage``: one replica on its own volume, reachable by aif only."""
-    ns = config.namespace
-    service = k8s.core.v1.Service(
+def _headless_service(ns: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    return k8s.core.v1.Service(
         MONGODB_NAME,
         metadata=meta(MONGODB_NAME, ns, "mongodb"),
         spec=k8s.core.v1.ServiceSpecArgs(
@@ -37,8 +35,16 @@ def build_mongodb(config: InstallConfig, opts: pulumi.ResourceOptions) -> k8s.ap
         ),
         opts=opts,
     )
+
+
+def _network_policy(ns: str, opts: pulumi.ResourceOptions) -> k8s.networking.v1.NetworkPolicy:
     # Only aif's own pods may reach the database (it runs without authentication).
-    k8s.networking.v1.NetworkPolicy(
+    aif_pods = k8s.networking.v1.NetworkPolicyPeerArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(
+            match_labels={"app.kubernetes.io/part-of": "aif"}
+        )
+    )
+    return k8s.networking.v1.NetworkPolicy(
         MONGODB_NAME,
         metadata=meta(MONGODB_NAME, ns, "mongodb"),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
@@ -46,22 +52,45 @@ def build_mongodb(config: InstallConfig, opts: pulumi.ResourceOptions) -> k8s.ap
             policy_types=["Ingress"],
             ingress=[
                 k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                    from_=[
-                        k8s.networking.v1.NetworkPolicyPeerArgs(
-                            pod_selector=k8s.meta.v1.LabelSelectorArgs(
-                                match_labels={"app.kubernetes.io/part-of": "aif"}
-                            )
-                        )
-                    ],
+                    from_=[aif_pods],
                     ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=MONGODB_PORT)],
                 )
             ],
         ),
         opts=opts,
     )
+
+
+def _pod_spec(config: InstallConfig) -> k8s.core.v1.PodSpecArgs:
     tcp_probe = k8s.core.v1.ProbeArgs(
         tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=MONGODB_PORT), period_seconds=10
     )
+    container = k8s.core.v1.ContainerArgs(
+        name="mongodb",
+        image=config.mongodb_image,
+        ports=[k8s.core.v1.ContainerPortArgs(name="mongodb", container_port=MONGODB_PORT)],
+        readiness_probe=tcp_probe,
+        liveness_probe=tcp_probe,
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "250m", "memory": "512Mi"},
+            limits={"cpu": "2", "memory": "2Gi"},
+        ),
+        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data/db")],
+    )
+    return k8s.core.v1.PodSpecArgs(
+        automount_service_account_token=False,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True, run_as_user=MONGODB_UID, fs_group=MONGODB_UID
+        ),
+        containers=[container],
+    )
+
+
+def build_mongodb(config: InstallConfig, opts: pulumi.ResourceOptions) -> k8s.apps.v1.StatefulSet:
+    """MongoDB for ``enableLocalStorage``: one replica on its own volume, reachable by aif only."""
+    ns = config.namespace
+    service = _headless_service(ns, opts)
+    _network_policy(ns, opts)
     return k8s.apps.v1.StatefulSet(
         MONGODB_NAME,
         metadata=meta(MONGODB_NAME, ns, "mongodb"),
@@ -71,34 +100,7 @@ def build_mongodb(config: InstallConfig, opts: pulumi.ResourceOptions) -> k8s.ap
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector("mongodb")),
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels("mongodb")),
-                spec=k8s.core.v1.PodSpecArgs(
-                    automount_service_account_token=False,
-                    security_context=k8s.core.v1.PodSecurityContextArgs(
-                        run_as_non_root=True,
-                        run_as_user=MONGODB_UID,
-                        fs_group=MONGODB_UID,
-                    ),
-                    containers=[
-                        k8s.core.v1.ContainerArgs(
-                            name="mongodb",
-                            image=config.mongodb_image,
-                            ports=[
-                                k8s.core.v1.ContainerPortArgs(
-                                    name="mongodb", container_port=MONGODB_PORT
-                                )
-                            ],
-                            readiness_probe=tcp_probe,
-                            liveness_probe=tcp_probe,
-                            resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "250m", "memory": "512Mi"},
-                                limits={"cpu": "2", "memory": "2Gi"},
-                            ),
-                            volume_mounts=[
-                                k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data/db")
-                            ],
-                        )
-                    ],
-                ),
+                spec=_pod_spec(config),
             ),
             volume_claim_templates=[
                 k8s.core.v1.PersistentVolumeClaimArgs(

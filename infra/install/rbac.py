@@ -1,9 +1,12 @@
-"""Least-privilege RBAC for aif's service account: exactly what the roles touch, no more.
+"""Least-privilege RBAC: one service account with grants, for the one role that calls the API.
 
-A Role in the models namespace manages the objects of the models' stacks and reads what
-readiness is made of; a ClusterRole, named after the install namespace so that two
-installations coexist, reads nodes for accelerator capacity. Which pods get an API token at
-all is left to :mod:`infra.install.roles`.
+Only the model-job-executor talks to the Kubernetes API: it runs ``pulumi up`` on each model's
+stack (LeaderWorkerSet, Service, PodMonitor) and reads what readiness and failure messages are
+made of (:mod:`infra.cluster_observer`: the LWS, pods, events, the weights' PVC). So its
+service account, :data:`EXECUTOR_SERVICE_ACCOUNT`, is bound to one Role in the models namespace
+and nothing else. The other roles run as :data:`SERVICE_ACCOUNT`, which has no grants and no
+token. Nothing reads nodes or endpoint slices, so nothing is granted on them (no ClusterRole at
+all). Which pods mount a token is left to :mod:`infra.install.roles`.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ import pulumi_kubernetes as k8s
 from infra.install.config import InstallConfig
 from infra.install.objects import meta
 
+# The account of the roles that never call the API: no grants, no token.
+SERVICE_ACCOUNT = "aif"
+# The model-job-executor's own account, the only one bound to anything.
+EXECUTOR_SERVICE_ACCOUNT = "aif-model-job-executor"
+MODELS_ROLE = "aif-models"
+
 _READ = ["get", "list", "watch"]
 _MANAGE = [*_READ, "create", "update", "patch", "delete"]
 
 
-def rbac_rules() -> tuple[list[k8s.rbac.v1.PolicyRuleArgs], list[k8s.rbac.v1.PolicyRuleArgs]]:
-    """(rules in the models namespace, cluster-wide rules): exactly what the roles touch.
+def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
+    """The model-job-executor's rules in the models namespace: exactly what it touches.
 
     Managed: the objects of a model's stack (LeaderWorkerSet, Service, PodMonitor). Read: what
-    readiness and failure messages are made of (pods, events, PVCs), endpoint slices for
-    routing, and nodes (cluster-scoped) for accelerator capacity.
+    readiness and failure messages are made of (pods, events, PVCs).
     """
-    namespaced = [
+    return [
         k8s.rbac.v1.PolicyRuleArgs(
             api_groups=["leaderworkerset.x-k8s.io"], resources=["leaderworkersets"], verbs=_MANAGE
         ),
@@ -36,68 +44,60 @@ def rbac_rules() -> tuple[list[k8s.rbac.v1.PolicyRuleArgs], list[k8s.rbac.v1.Pol
             api_groups=[""], resources=["persistentvolumeclaims", "pods", "events"], verbs=_READ
         ),
         k8s.rbac.v1.PolicyRuleArgs(
-            api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=_READ
-        ),
-        k8s.rbac.v1.PolicyRuleArgs(
             api_groups=["monitoring.coreos.com"], resources=["podmonitors"], verbs=_MANAGE
         ),
     ]
-    cluster = [k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["nodes"], verbs=_READ)]
-    return namespaced, cluster
 
 
 @dataclass(frozen=True)
 class Rbac:
+    service_account: k8s.core.v1.ServiceAccount
+    executor_service_account: k8s.core.v1.ServiceAccount
     role: k8s.rbac.v1.Role
     role_binding: k8s.rbac.v1.RoleBinding
-    cluster_role: k8s.rbac.v1.ClusterRole
-    cluster_role_binding: k8s.rbac.v1.ClusterRoleBinding
 
 
 def build_rbac(
     config: InstallConfig,
-    child: pulumi.ResourceOptions,
     after_ns: pulumi.ResourceOptions,
     models_opts: pulumi.ResourceOptions,
 ) -> Rbac:
-    """The grants of the ``aif`` service account; ``models_opts`` orders after the namespaces."""
-    subject = k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name="aif", namespace=config.namespace)
-    namespaced, cluster = rbac_rules()
+    """Both service accounts and the executor's grants; ``models_opts`` orders after both
+    namespaces, ``after_ns`` after the install namespace."""
+    service_account = k8s.core.v1.ServiceAccount(
+        SERVICE_ACCOUNT,
+        metadata=meta(SERVICE_ACCOUNT, config.namespace, "control-plane"),
+        # Even a pod that asks for one gets no token of this account by default.
+        automount_service_account_token=False,
+        opts=after_ns,
+    )
+    executor_account = k8s.core.v1.ServiceAccount(
+        EXECUTOR_SERVICE_ACCOUNT,
+        metadata=meta(EXECUTOR_SERVICE_ACCOUNT, config.namespace, "model-job-executor"),
+        opts=after_ns,
+    )
     role = k8s.rbac.v1.Role(
-        "aif-models",
-        metadata=meta("aif-models", config.models_namespace, "control-plane"),
-        rules=namespaced,
+        MODELS_ROLE,
+        metadata=meta(MODELS_ROLE, config.models_namespace, "control-plane"),
+        rules=rbac_rules(),
         opts=models_opts,
     )
     role_binding = k8s.rbac.v1.RoleBinding(
-        "aif-models",
-        metadata=meta("aif-models", config.models_namespace, "control-plane"),
+        MODELS_ROLE,
+        metadata=meta(MODELS_ROLE, config.models_namespace, "control-plane"),
         role_ref=k8s.rbac.v1.RoleRefArgs(
-            api_group="rbac.authorization.k8s.io", kind="Role", name="aif-models"
+            api_group="rbac.authorization.k8s.io", kind="Role", name=MODELS_ROLE
         ),
-        subjects=[subject],
-        opts=pulumi.ResourceOptions.merge(models_opts, pulumi.ResourceOptions(depends_on=[role])),
-    )
-    # Cluster-scoped and so named after the install namespace: two installations coexist.
-    cluster_role_name = f"aif-{config.namespace}-nodes"
-    cluster_role = k8s.rbac.v1.ClusterRole(
-        "aif-nodes",
-        metadata=meta(cluster_role_name, None, "control-plane"),
-        rules=cluster,
-        opts=child,
-    )
-    cluster_role_binding = k8s.rbac.v1.ClusterRoleBinding(
-        "aif-nodes",
-        metadata=meta(cluster_role_name, None, "control-plane"),
-        role_ref=k8s.rbac.v1.RoleRefArgs(
-            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=cluster_role_name
-        ),
-        subjects=[subject],
+        subjects=[
+            k8s.rbac.v1.SubjectArgs(
+                kind="ServiceAccount", name=EXECUTOR_SERVICE_ACCOUNT, namespace=config.namespace
+            )
+        ],
         opts=pulumi.ResourceOptions.merge(
-            after_ns, pulumi.ResourceOptions(depends_on=[cluster_role])
+            models_opts, pulumi.ResourceOptions(depends_on=[role, executor_account])
         ),
     )
-    return Rbac(role, role_binding, cluster_role, cluster_role_binding)
+    return Rbac(service_account, executor_account, role, role_binding)
 
 
-__all__ = ["Rbac", "build_rbac", "rbac_rules"]
+__all__ = ["EXECUTOR_SERVICE_ACCOUNT", "SERVICE_ACCOUNT", "Rbac", "build_rbac", "rbac_rules"]

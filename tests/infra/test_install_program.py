@@ -7,6 +7,7 @@ record what would be registered, and checks those objects as the API server woul
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,17 @@ import pulumi
 import pytest
 import yaml
 
+from domain.settings import ClusterConfig
 from infra.install import (
+    CHAT_EXECUTOR_SERVICE_NAME,
+    EXECUTOR_SERVICE_ACCOUNT,
     FRONTEND_SERVICE_NAME,
+    SERVICE_ACCOUNT,
     InstallConfig,
     InstallConfigError,
     RoleReplicas,
     build_install,
+    chat_executor_url,
     mongodb_service_url,
 )
 
@@ -155,7 +161,9 @@ def test_four_deployments_of_one_image_run_the_four_roles() -> None:
 
 
 def test_roles_listen_on_all_interfaces_and_drive_kubernetes() -> None:
-    installed = install(local_storage(models_namespace="llm", scheduler_name="volcano"))
+    installed = install(
+        local_storage(cluster=ClusterConfig(namespace="llm", scheduler_name="volcano"))
+    )
 
     [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
     data = config_map["data"]
@@ -222,59 +230,153 @@ def test_an_s3_backend_needs_no_state_volume_and_gets_its_credentials() -> None:
     assert {"secretRef": {"name": "obs-credentials"}} not in frontend["envFrom"]
 
 
+def granted(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    found: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                found.setdefault((group, resource), set()).update(rule["verbs"])
+    return found
+
+
 def test_rbac_covers_exactly_what_aif_touches() -> None:
-    installed = install(local_storage(models_namespace="llm"))
+    installed = install(local_storage(cluster=ClusterConfig(namespace="llm")))
 
     [role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
-    [cluster_role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
     assert role["metadata"]["namespace"] == "llm"
 
-    def granted(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
-        found: dict[tuple[str, str], set[str]] = {}
-        for rule in rules:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    found.setdefault((group, resource), set()).update(rule["verbs"])
-        return found
-
     namespaced = granted(role["rules"])
-    cluster = granted(cluster_role["rules"])
     assert set(namespaced) == {
         ("leaderworkerset.x-k8s.io", "leaderworkersets"),
         ("", "services"),
         ("", "persistentvolumeclaims"),
         ("", "pods"),
         ("", "events"),
-        ("discovery.k8s.io", "endpointslices"),
         ("monitoring.coreos.com", "podmonitors"),
     }
-    assert set(cluster) == {("", "nodes")}
     read = {"get", "list", "watch"}
-    assert cluster[("", "nodes")] == read
     for resource in ("persistentvolumeclaims", "pods", "events"):
         assert namespaced[("", resource)] == read
     assert "create" in namespaced[("leaderworkerset.x-k8s.io", "leaderworkersets")]
-    for rules in (role["rules"], cluster_role["rules"]):
-        for rule in rules:
-            assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    for rule in role["rules"]:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
 
     [binding] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "aif", "namespace": "kube-system"}
+        {"kind": "ServiceAccount", "name": EXECUTOR_SERVICE_ACCOUNT, "namespace": "kube-system"}
     ]
+
+
+def test_nothing_is_granted_on_nodes_or_endpoint_slices() -> None:
+    installed = install(local_storage())
+
+    # Nothing in aif reads nodes: no cluster-scoped grant at all.
+    assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole") == []
+    assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding") == []
+    [role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
+    resources = {resource for _, resource in granted(role["rules"])}
+    assert resources.isdisjoint({"nodes", "endpointslices", "endpoints"})
+
+
+def pod_spec(installed: Installed, role: str) -> dict[str, Any]:
+    spec: dict[str, Any] = installed.deployments[role]["spec"]["template"]["spec"]
+    return spec
 
 
 def test_only_roles_that_read_the_cluster_get_a_token() -> None:
     installed = install(local_storage())
 
     def token(role: str) -> bool:
-        spec = installed.deployments[role]["spec"]["template"]["spec"]
-        assert spec["serviceAccountName"] == "aif"
-        return bool(spec["automountServiceAccountToken"])
+        return bool(pod_spec(installed, role)["automountServiceAccountToken"])
 
+    assert pod_spec(installed, "frontend")["serviceAccountName"] == SERVICE_ACCOUNT
     assert token("frontend") is False
+    assert pod_spec(installed, "model-job-executor")["serviceAccountName"] == (
+        EXECUTOR_SERVICE_ACCOUNT
+    )
     assert token("model-job-executor") is True
+
+
+def test_only_the_model_job_executor_holds_a_token_and_the_account_with_grants() -> None:
+    installed = install(local_storage())
+
+    with_token = {
+        role for role in ROLES if pod_spec(installed, role)["automountServiceAccountToken"]
+    }
+    assert with_token == {"model-job-executor"}
+    accounts = {role: pod_spec(installed, role)["serviceAccountName"] for role in ROLES}
+    assert accounts == {
+        "frontend": SERVICE_ACCOUNT,
+        "model-job-executor": EXECUTOR_SERVICE_ACCOUNT,
+        "chat-job-executor": SERVICE_ACCOUNT,
+        "task-executor-manager": SERVICE_ACCOUNT,
+    }
+    # The account the other roles run as is bound to nothing and mounts no token by default.
+    unprivileged = installed.one("kubernetes:core/v1:ServiceAccount", SERVICE_ACCOUNT)
+    assert unprivileged["automountServiceAccountToken"] is False
+    subjects = [
+        subject["name"]
+        for kind in ("RoleBinding", "ClusterRoleBinding")
+        for binding in installed.of_type(f"kubernetes:rbac.authorization.k8s.io/v1:{kind}")
+        for subject in binding["subjects"]
+    ]
+    assert subjects == [EXECUTOR_SERVICE_ACCOUNT]
+
+
+def container(installed: Installed, role: str) -> dict[str, Any]:
+    [found] = pod_spec(installed, role)["containers"]
+    return dict(found)
+
+
+def test_the_chat_job_executor_is_behind_its_own_service() -> None:
+    installed = install(local_storage(namespace="aif-system"))
+
+    service = installed.one("kubernetes:core/v1:Service", CHAT_EXECUTOR_SERVICE_NAME)
+    assert service["metadata"]["namespace"] == "aif-system"
+    assert service["spec"]["type"] == "ClusterIP"
+    pod_labels = installed.deployments["chat-job-executor"]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for other in ("frontend", "model-job-executor", "task-executor-manager"):
+        labels = installed.deployments[other]["spec"]["template"]["metadata"]["labels"]
+        assert not service["spec"]["selector"].items() <= labels.items(), other
+    [port] = service["spec"]["ports"]
+    [container_port] = container(installed, "chat-job-executor")["ports"]
+    assert port["port"] == 8080
+    assert port["targetPort"] in (container_port["containerPort"], container_port["name"])
+
+
+def test_the_frontend_forwards_inference_to_the_chat_job_executor_service() -> None:
+    installed = install(local_storage(namespace="aif-system"))
+
+    service = installed.one("kubernetes:core/v1:Service", CHAT_EXECUTOR_SERVICE_NAME)
+    env = {e["name"]: e["value"] for e in container(installed, "frontend").get("env", [])}
+    url = urllib.parse.urlsplit(env["AIF_CHAT_EXECUTOR_URL"])
+    assert url.scheme == "http"
+    assert url.hostname is not None
+    name, namespace, *_ = [*url.hostname.split("."), "", ""]
+    assert (name, namespace) == (service["metadata"]["name"], service["metadata"]["namespace"])
+    [port] = service["spec"]["ports"]
+    assert url.port == port["port"]
+    assert env["AIF_CHAT_EXECUTOR_URL"] == chat_executor_url("aif-system")
+    # Only the frontend forwards: not the shared settings, not the other roles.
+    [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
+    assert "AIF_CHAT_EXECUTOR_URL" not in config_map["data"]
+    for role in ("model-job-executor", "chat-job-executor", "task-executor-manager"):
+        assert "env" not in container(installed, role), role
+
+
+def test_frontends_need_a_chat_job_executor() -> None:
+    with pytest.raises(InstallConfigError, match=r"chatJobExecutor must be at least 1"):
+        local_storage(replicas=RoleReplicas(chat_job_executor=0))
+    assert local_storage(replicas=RoleReplicas(frontend=0, chat_job_executor=0))
+
+
+def test_at_most_one_task_executor_manager() -> None:
+    with pytest.raises(InstallConfigError, match=r"taskExecutorManager must be 0 or 1"):
+        local_storage(replicas=RoleReplicas(task_executor_manager=2))
 
 
 def test_namespaces_are_created_except_shared_ones() -> None:
@@ -282,7 +384,7 @@ def test_namespaces_are_created_except_shared_ones() -> None:
     names = {n["metadata"]["name"] for n in in_kube_system.of_type("kubernetes:core/v1:Namespace")}
     assert names == {"aif-models"}
 
-    own = install(local_storage(namespace="aif-system", models_namespace="llm"))
+    own = install(local_storage(namespace="aif-system", cluster=ClusterConfig(namespace="llm")))
     names = {n["metadata"]["name"] for n in own.of_type("kubernetes:core/v1:Namespace")}
     assert names == {"aif-system", "llm"}
 
@@ -326,7 +428,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
     assert config.enable_local_storage is False
     assert isinstance(config.mongodb_url, pulumi.Output)
     assert config.replicas == RoleReplicas(frontend=2)
-    assert (config.scheduler_name, config.volcano_queue) == ("volcano", "llm")
+    assert (config.cluster.scheduler_name, config.cluster.volcano_queue) == ("volcano", "llm")
     assert config.models_namespace == "llm"
     assert config.pulumi_backend_url == "s3://aif-state"
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,6 @@ from domain.presets import SUPPORTED_RESOURCE_TYPES, Preset, load_presets
 from domain.records import Pvc
 from domain.settings import ClusterConfig, Settings
 from infra.manifests import (
-    CACHE_MARKER,
-    CACHE_SCRIPT,
     LWS_NAME_MAX_CHARS,
     WORKER_SCRIPT,
     Manifest,
@@ -39,6 +35,7 @@ from infra.sizing import (
     memory_required_gb,
     plan_parallelism,
 )
+from infra.weight_cache import CACHE_SCRIPT
 from tests.conftest import register_body
 
 LWS_FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "lws"
@@ -511,58 +508,6 @@ def test_cluster_config_from_settings() -> None:
 def test_scripts_are_valid_bash_without_kubelet_expansions(script: str) -> None:
     subprocess.run(["bash", "-n", "-c", script], check=True)
     assert "$(" not in script  # the kubelet would try to expand $(...) itself
-
-
-def run_cache_copy(source: Path, target: Path, host: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ["PATH"],
-        "AIF_CACHE_SOURCE": str(source),
-        "AIF_CACHE_TARGET": str(target),
-        "HOSTNAME": host,
-    }
-    return subprocess.run(
-        ["bash", "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
-@pytest.fixture
-def weights(tmp_path: Path) -> Path:
-    source = tmp_path / "obs" / "org" / "model"
-    (source / "sub").mkdir(parents=True)
-    (source / "config.json").write_text("{}")
-    (source / "sub" / "shard-1.safetensors").write_bytes(b"\0" * 4096)
-    return source
-
-
-def test_cache_copy_publishes_a_complete_copy_once(weights: Path, tmp_path: Path) -> None:
-    target = tmp_path / "cache" / "pvc" / "org" / "model"
-    assert run_cache_copy(weights, target, "pod-a").returncode == 0
-    assert (target / CACHE_MARKER).is_file()
-    assert (target / "sub" / "shard-1.safetensors").read_bytes() == b"\0" * 4096
-    # A second pod finds the marker and copies nothing.
-    (weights / "config.json").write_text('{"changed": true}')
-    assert run_cache_copy(weights, target, "pod-b").returncode == 0
-    assert (target / "config.json").read_text() == "{}"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
-
-
-def test_cache_copy_replaces_a_partial_copy_without_marker(weights: Path, tmp_path: Path) -> None:
-    target = tmp_path / "cache" / "pvc" / "org" / "model"
-    target.mkdir(parents=True)
-    (target / "half-written").write_text("x")
-    assert run_cache_copy(weights, target, "pod-a").returncode == 0
-    assert (target / CACHE_MARKER).is_file()
-    assert not (target / "half-written").exists()
-
-
-def test_concurrent_cache_copies_leave_one_complete_copy(weights: Path, tmp_path: Path) -> None:
-    target = tmp_path / "cache" / "pvc" / "org" / "model"
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        runs = list(pool.map(lambda i: run_cache_copy(weights, target, f"pod-{i}"), range(4)))
-    assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
-    assert (target / CACHE_MARKER).is_file()
-    assert (target / "sub" / "shard-1.safetensors").is_file()
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
 
 
 # --- aif render --------------------------------------------------------------------------------

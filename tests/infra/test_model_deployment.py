@@ -68,7 +68,7 @@ def make_args(model_type: str, resource_type: str, **cluster: Any) -> ModelDeplo
         pvc=Pvc(name="release-models", path=preset.hf_repo),
         generation=3,
     )
-    return ModelDeploymentArgs.of(spec, ClusterConfig(**cluster))
+    return ModelDeploymentArgs(spec, ClusterConfig(**cluster))
 
 
 @pytest.mark.parametrize(("model_type", "resource_type"), CASES)
@@ -131,21 +131,3 @@ def test_component_adds_a_pod_monitor_when_configured(
     # Waiting on every child's URN: the check reads what the mocks have seen.
     children = (component.lws, component.service, component.pod_monitor)
     return pulumi.Output.all(*(child.urn for child in children)).apply(check)
-
-
-def test_args_round_trip_to_spec_and_cluster() -> None:
-    args = make_args(
-        "QwQ-32B",
-        "nvidia.com/gpu",
-        namespace="llm",
-        engine_image="registry.example/vllm:1",
-        scheduler_name="volcano",
-        volcano_queue="q",
-        cache_pvc="turbo",
-        pod_monitor=True,
-        max_accelerators_per_node=4,
-    )
-    spec, cluster = args.to_spec_and_cluster()
-    assert ModelDeploymentArgs.of(spec, cluster) == args
-    assert spec.generation == 3
-    assert cluster.max_accelerators_per_node == 4
