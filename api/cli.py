@@ -111,7 +111,7 @@ def render(
     ],
 ) -> None:
     """Print the Kubernetes manifests of a model as multi-document YAML, with no cluster."""
-    from infra.manifests import render_documents
+    from api.render import render_documents
 
     body = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     try:

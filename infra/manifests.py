@@ -347,27 +347,6 @@ def render_spec(
     )
 
 
-def render_documents(body: str | bytes, cluster: ClusterConfig) -> str:
-    """Multi-document YAML for a ``POST /v1/models`` body, reproducible for the same body.
-
-    Raises pydantic's ``ValidationError`` for a body the API would refuse.
-    """
-    # Validating the body is the API's; imported here so that nothing else in infra loads
-    # it. The CLI should validate and call render_spec_documents itself, retiring this.
-    from api.schemas import ModelCreate
-
-    model = ModelCreate.model_validate_json(body)
-    spec = render_spec(
-        model.name,
-        model.type,
-        model.resource_type,
-        model.version,
-        model.min_instance,
-        Pvc(name=model.pvc.name, path=model.pvc.path),
-    )
-    return render_spec_documents(spec, cluster)
-
-
 class _ReadableDumper(yaml.SafeDumper):
     """``yaml.SafeDumper`` that prints multi-line strings (the pods' scripts) as ``|`` blocks."""
 

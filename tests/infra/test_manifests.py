@@ -13,7 +13,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from domain.deployment import DeploymentSpec
 from domain.presets import SUPPORTED_RESOURCE_TYPES, Preset, load_presets
@@ -24,7 +23,6 @@ from infra.manifests import (
     WORKER_SCRIPT,
     Manifest,
     k8s_name,
-    render_documents,
     render_model,
     service_name,
 )
@@ -508,47 +506,3 @@ def test_cluster_config_from_settings() -> None:
 def test_scripts_are_valid_bash_without_kubelet_expansions(script: str) -> None:
     subprocess.run(["bash", "-n", "-c", script], check=True)
     assert "$(" not in script  # the kubelet would try to expand $(...) itself
-
-
-# --- aif render --------------------------------------------------------------------------------
-
-
-def test_render_documents_gives_reproducible_multi_document_yaml() -> None:
-    text = render_documents(register_json(), ClusterConfig(pod_monitor=True))
-    assert text == render_documents(register_json().encode(), ClusterConfig(pod_monitor=True))
-    docs = list(yaml.safe_load_all(text))
-    assert [d["kind"] for d in docs] == ["LeaderWorkerSet", "Service", "PodMonitor"]
-    lws = docs[0]
-    assert lws["spec"]["replicas"] == 2  # min_instance
-    assert re.fullmatch(r"deepseek-r1-distill-qwen-7b-[0-9a-f]{8}", lws["metadata"]["name"])
-    assert re.fullmatch(r"[0-9a-f]{32}", lws["metadata"]["labels"]["aif/model-id"])
-    assert docs == render_model(
-        DeploymentSpec(
-            model_id=lws["metadata"]["labels"]["aif/model-id"],
-            name="DeepSeek-R1-Distill-Qwen-7B",
-            type="DeepSeek-R1-Distill-Qwen-7B",
-            resource_type="huawei.com/ascend-1980",
-            version="1.0.0",
-            replicas=2,
-            pvc=Pvc(name="release-models", path="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
-            generation=1,
-        ),
-        PRESETS["DeepSeek-R1-Distill-Qwen-7B"],
-        ClusterConfig(pod_monitor=True),
-    )
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        register_json(min_instance=5),
-        register_json(type="GPT-5"),
-        register_json(pvc={"name": "Bad_Name", "path": "x"}),
-        register_json(pvc={"name": "models", "path": "/abs"}),
-        "{not json",
-    ],
-    ids=["min-over-max", "unknown-type", "bad-pvc-name", "absolute-path", "not-json"],
-)
-def test_render_documents_refuses_what_the_api_refuses(body: str) -> None:
-    with pytest.raises(ValidationError):
-        render_documents(body, ClusterConfig())
