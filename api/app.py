@@ -23,13 +23,14 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any, Protocol
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
-from api.routes import chat, health, models
+from api.routes import chat, health, metrics, models
 from api.services.models import ModelService
 from api.store import open_store
 from domain.deployment import Deployer
@@ -81,11 +82,14 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limits=body_limits(settings))
+    app.state.registry = CollectorRegistry()
     app.include_router(health.router)
+    app.include_router(metrics.router)
     if Role.FRONTEND in roles:
         app.include_router(models.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
-        app.include_router(chat.router)
+        app.router.routes.extend(chat.routes)
+        app.openapi_schema = chat.document(app.openapi())
     return app
 
 
@@ -138,7 +142,7 @@ def build_roles(
     if Role.CHAT_JOB_EXECUTOR in roles or (
         Role.FRONTEND in roles and not settings.chat_executor_url
     ):
-        chat = _chat_job_executor(settings, store)
+        chat = ChatJobExecutor(store, settings, registry=state.registry)
         changes.add(chat.notify_change)
         state.inference = chat
         built.append(chat)
@@ -157,14 +161,6 @@ def build_roles(
     return built
 
 
-def _chat_job_executor(settings: Settings, store: ModelStore) -> ChatJobExecutor:
-    return ChatJobExecutor(
-        store,
-        refresh_interval_s=settings.routing_refresh_s,
-        upstream_timeout_s=settings.upstream_timeout_s,
-    )
-
-
 def _frontend(
     settings: Settings,
     store: ModelStore,
@@ -172,12 +168,7 @@ def _frontend(
     on_change: Callable[[], None],
 ) -> Frontend:
     registry = ModelService(store, max_instance_cap=settings.max_instance_cap, on_change=on_change)
-    return Frontend(
-        registry,
-        inference=chat,
-        chat_executor_url=settings.chat_executor_url,
-        upstream_timeout_s=settings.upstream_timeout_s,
-    )
+    return Frontend(registry, inference=chat, settings=settings)
 
 
 def _model_job_executor(

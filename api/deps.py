@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.frontend import Inference
 from api.services.models import ModelService
 
 
@@ -20,10 +19,4 @@ def get_model_service(request: Request) -> ModelService:
     return service
 
 
-def get_inference(request: Request) -> Inference:
-    inference: Inference = request.app.state.inference
-    return inference
-
-
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
-InferenceDep = Annotated[Inference, Depends(get_inference)]

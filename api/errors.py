@@ -8,7 +8,8 @@ Hierarchy::
     ├── PayloadTooLarge          413  invalid_request_error
     ├── ModelNotFound            404  not_found_error
     ├── ModelConflict            409  conflict_error (duplicate name, model being deleted)
-    ├── ModelNotReady            503  service_unavailable_error
+    ├── ModelNotReady            503  service_unavailable_error (Retry-After when known)
+    ├── Overloaded               429  rate_limit_error (Retry-After)
     └── UpstreamError            502  upstream_error
 
 Every error body on ``/v1/*`` has OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -18,6 +19,7 @@ keep FastAPI's ``detail`` list, which names each field and rule.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,10 +33,23 @@ class AifError(Exception):
     status_code = 500
     error_type = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # Sent as Retry-After (whole seconds, at least 1) when set.
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, math.ceil(self.retry_after_s)))}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.status_code, self.param)
 
 
 class InvalidRequest(AifError):
@@ -64,6 +79,11 @@ class ModelConflict(AifError):
 class ModelNotReady(AifError):
     status_code = 503
     error_type = "service_unavailable_error"
+
+
+class Overloaded(AifError):
+    status_code = 429
+    error_type = "rate_limit_error"
 
 
 class UpstreamError(AifError):
@@ -97,10 +117,7 @@ def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
 
 
 def _to_response(exc: AifError) -> JSONResponse:
-    return JSONResponse(
-        error_body(exc.message, exc.error_type, exc.status_code, exc.param),
-        status_code=exc.status_code,
-    )
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _aif_error(_: Request, exc: Exception) -> JSONResponse:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 from api.errors import UpstreamError
+from api.relay import Exchange, UpstreamClient
 from api.services.models import ModelService
-from api.upstream import CONNECT_TIMEOUT_S, UpstreamResponse, upstream_headers
+from domain.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,13 @@ logger = logging.getLogger(__name__)
 class Inference(Protocol):
     """Whoever serves an inference request: a chat-job-executor, here or elsewhere."""
 
-    async def forward(self, path: str, request: dict[str, Any], body: bytes) -> UpstreamResponse:
-        """Send ``body`` (``request`` parsed) to be served and return the streaming answer."""
+    async def serve(
+        self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
+    ) -> None:
+        """Answer ``exchange``: ``body`` (``request`` parsed) is an OpenAI request for ``path``.
+
+        Errors before any byte of the answer are raised as :class:`~api.errors.AifError`.
+        """
         ...
 
 
@@ -42,27 +48,22 @@ class ChatForwarder:
     the API's words. Only an unreachable chat-job-executor is the frontend's own 502.
     """
 
-    def __init__(
-        self, url: str, *, timeout_s: float, client: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, url: str, client: UpstreamClient, *, first_byte_s: float) -> None:
         self._url = url.rstrip("/")
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._client = client
+        self._first_byte_s = first_byte_s
 
-    async def forward(self, path: str, request: dict[str, Any], body: bytes) -> UpstreamResponse:
-        upstream = self._client.build_request(
-            "POST", self._url + path, content=body, headers=upstream_headers()
-        )
+    async def serve(
+        self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
+    ) -> None:
         try:
-            return UpstreamResponse(await self._client.send(upstream, stream=True))
-        except httpx.TransportError as exc:
+            upstream = await self._client.post(
+                self._url + path, body, first_byte_s=self._first_byte_s
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("chat-job-executor unreachable url=%s error=%r", self._url, exc)
             raise UpstreamError(f"the chat-job-executor at {self._url} cannot be reached") from exc
-
-    async def close(self) -> None:
-        await self._client.aclose()
+        await exchange.relay(upstream, instance=self._url)
 
 
 class Frontend:
@@ -73,25 +74,29 @@ class Frontend:
     """
 
     def __init__(
-        self,
-        models: ModelService,
-        *,
-        inference: Inference | None,
-        chat_executor_url: str = "",
-        upstream_timeout_s: float = 600.0,
+        self, models: ModelService, *, inference: Inference | None, settings: Settings
     ) -> None:
         self.models = models
-        self._forwarder: ChatForwarder | None = None
+        self._client: UpstreamClient | None = None
         if inference is None:
-            if not chat_executor_url:
+            if not settings.chat_executor_url:
                 raise ValueError("a frontend needs a chat-job-executor: in-process or by URL")
-            self._forwarder = ChatForwarder(chat_executor_url, timeout_s=upstream_timeout_s)
-            inference = self._forwarder
+            self._client = UpstreamClient(
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                keepalive_s=settings.upstream_keepalive_s,
+            )
+            inference = ChatForwarder(
+                settings.chat_executor_url,
+                self._client,
+                first_byte_s=settings.upstream_first_byte_timeout_s,
+            )
         self.inference: Inference = inference
 
     async def start(self) -> None:
+        if self._client is not None:
+            await self._client.start()
         logger.info("frontend serving inference via %s", type(self.inference).__name__)
 
     async def stop(self) -> None:
-        if self._forwarder is not None:
-            await self._forwarder.close()
+        if self._client is not None:
+            await self._client.close()

@@ -25,6 +25,7 @@ from pydantic import (
 
 from domain.presets import load_presets
 from domain.records import ModelRecord, ModelStatus, format_timestamp
+from domain.settings import RoutingPolicyName
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 NAME_MAX_CHARS = 63
@@ -100,6 +101,9 @@ class ModelCreate(_Body):
     pvc: PvcSpec
     slo: SloSpec
     description: str = Field(default="", max_length=2048)
+    routing_policy: RoutingPolicyName | None = Field(
+        default=None, description="how the gateway picks an instance; default: the installation's"
+    )
 
     @field_validator("min_instance")
     @classmethod
@@ -126,6 +130,7 @@ class ModelUpdate(_Body):
     pvc: PvcSpec | None = None
     slo: SloSpec | None = None
     description: str | None = Field(default=None, max_length=2048)
+    routing_policy: RoutingPolicyName | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +176,7 @@ class ModelPublic(BaseModel):
     pvc: PvcPublic
     slo: SloPublic
     description: str
+    routing_policy: str = Field(description="empty: the installation's default policy")
     status: ModelStatus
     status_code: str
     status_msg: str

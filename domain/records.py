@@ -80,6 +80,8 @@ class ModelRecord(BaseModel):
     pvc: Pvc
     slo: Slo
     description: str = ""
+    # Beyond the product: how the gateway picks an instance ("" means the installation's).
+    routing_policy: str = ""
     status: ModelStatus = ModelStatus.DEPLOYING
     status_code: str = ""
     status_msg: str = ""

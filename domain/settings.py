@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PULUMI_PASSPHRASE = "aif-development-only"
 
+RoutingPolicyName = Literal["least-outstanding", "round-robin", "load", "prefix"]
+
 
 def default_data_dir() -> Path:
     """Per-user data location: ``$XDG_DATA_HOME/aif`` or ``~/.local/share/aif``."""
@@ -89,7 +91,31 @@ class Settings(ClusterConfig, BaseSettings):
 
     # chat-job-executor: how often the in-memory routing table is rebuilt from the store.
     routing_refresh_s: float = Field(default=0.5, gt=0)
-    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    # Which instance serves a request, unless the model names its own policy.
+    routing_policy: RoutingPolicyName = "least-outstanding"
+    # Leading characters of a prompt that pick its instance under the ``prefix`` policy:
+    # about a system prompt's worth, what engines' prefix caches reuse most.
+    prefix_affinity_chars: int = Field(default=1024, ge=16)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Until an answer's headers: long prompts and busy engines take a while to start.
+    upstream_first_byte_timeout_s: float = Field(default=600.0, gt=0)
+    # Between two chunks of an answer: a stalled instance must not hang its clients.
+    upstream_idle_timeout_s: float = Field(default=60.0, gt=0)
+    # Shorter than engines' own keep-alive (uvicorn's 5 s), so a pooled connection is never
+    # one the engine is closing as it is reused.
+    upstream_keepalive_s: float = Field(default=4.0, gt=0)
+    # Other instances tried when one fails before the first byte.
+    upstream_retries: int = Field(default=2, ge=0)
+    # Outlier ejection: this many failures in a row take an instance out of routing for a
+    # while, doubling each time up to the maximum.
+    ejection_failures: int = Field(default=3, ge=1)
+    ejection_base_s: float = Field(default=5.0, gt=0)
+    ejection_max_s: float = Field(default=60.0, gt=0)
+    # Admission: requests one instance serves at once (0: the preset's max-num-seqs, past
+    # which the engine queues inside), then a short wait queue with a deadline, then 429.
+    max_in_flight_per_instance: int = Field(default=0, ge=0)
+    admission_queue_per_instance: int = Field(default=8, ge=0)
+    admission_wait_s: float = Field(default=2.0, gt=0)
 
     # task-executor-manager: how often latency is read and replicas decided.
     scale_interval_s: float = Field(default=5.0, gt=0)

@@ -55,6 +55,7 @@ class ModelService:
             pvc=Pvc(**body.pvc.model_dump()),
             slo=Slo(**body.slo.model_dump()),
             description=body.description,
+            routing_policy=body.routing_policy or "",
             replicas=body.min_instance,
             status=ModelStatus.DEPLOYING,
             status_msg="waiting for the model-job-executor",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 from fastapi.testclient import TestClient
 
-from api.deps import get_inference
-from api.upstream import UpstreamResponse
+from api.relay import Exchange
 from tests.conftest import register_body
 
 KIB = 1024
@@ -22,10 +20,11 @@ class _EchoLength:
     def __init__(self) -> None:
         self.received: list[int] = []
 
-    async def forward(self, path: str, request: dict[str, Any], body: bytes) -> UpstreamResponse:
+    async def serve(
+        self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
+    ) -> None:
         self.received.append(len(body))
-        answer = httpx.Response(200, json={"bytes": len(body)})
-        return UpstreamResponse(answer)
+        await exchange.answer_json(200, {"bytes": len(body)})
 
 
 def _chat(prompt_bytes: int) -> bytes:
@@ -35,7 +34,7 @@ def _chat(prompt_bytes: int) -> bytes:
 
 def _echo(client: TestClient) -> _EchoLength:
     echo = _EchoLength()
-    client.app.dependency_overrides[get_inference] = lambda: echo  # type: ignore[attr-defined]
+    client.app.state.inference = echo  # type: ignore[attr-defined]
     return echo
 
 

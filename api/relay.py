@@ -1,0 +1,264 @@
+"""The inference hot path's plumbing: one upstream HTTP client, and relaying an answer.
+
+:class:`UpstreamClient` owns one aiohttp session (chosen by measurement over httpx: its pool
+does no per-request bookkeeping over idle connections) with keep-alive shorter than the
+engines' own, so a reused connection is never one the engine is closing.
+:class:`Exchange` is one client request on the ASGI side: it answers errors in the API's
+words, watches for the client going away (closing the upstream answer, which makes the engine
+abort the work), and relays an upstream answer chunk by chunk as it arrives, with nothing
+per chunk but the send and a timestamp. A failure after bytes flowed ends an event stream
+with an SSE ``error`` event and no ``[DONE]``.
+
+Choosing the upstream (routing, retries, admission) is the caller's: the chat-job-executor
+(:mod:`api.chat_job_executor`) or the frontend's forwarder (:mod:`api.frontend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from api.errors import AifError
+
+logger = logging.getLogger(__name__)
+
+# Headers that describe one hop's connection, not the answer (RFC 9110 section 7.6.1); date and
+# server are this server's own, which it adds once.
+HOP_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"content-length",
+        b"date",
+        b"server",
+    }
+)
+EVENT_STREAM = "text/event-stream"
+# The usage an engine reports at the end of an answer, read from its last bytes only.
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_DATA_EVENT = b"data: "
+
+
+class GapSink(Protocol):
+    def add(self, gap_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float
+    # Until the answer's headers: prefill, and the engine's own queue, under load.
+    first_byte_s: float
+    # Between two chunks of an answer: a stalled engine never hangs a client longer.
+    idle_s: float
+
+
+class UpstreamClient:
+    """The process's connections to upstreams (engine instances or a chat-job-executor)."""
+
+    def __init__(self, *, connect_timeout_s: float, keepalive_s: float) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # admission control bounds concurrency, per model, not the pool
+            keepalive_timeout=self._keepalive_s,
+            enable_cleanup_closed=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start() the client first"
+        return self._session
+
+    async def post(self, url: str, body: bytes, *, first_byte_s: float) -> aiohttp.ClientResponse:
+        """POST ``body`` and return once the answer's headers arrived; the body streams."""
+        async with asyncio.timeout(first_byte_s):
+            return await self.session.post(
+                url,
+                data=body,
+                # Uncompressed: bytes pass through as they come, with no decoding on the way.
+                headers={"content-type": "application/json", "accept-encoding": "identity"},
+            )
+
+
+@dataclass
+class Outcome:
+    """What a relayed answer was, for metrics and outlier detection."""
+
+    status: int
+    streamed: bool
+    first_byte_at: float = 0.0
+    finished_at: float = 0.0
+    events: int = 0
+    completion_tokens: int | None = None
+    # Set when the answer broke after bytes flowed: the instance's fault, not the client's.
+    failure: str = ""
+
+    @property
+    def output_tokens(self) -> int:
+        """Reported usage, else the stream's events less the role and ``[DONE]`` events."""
+        if self.completion_tokens is not None:
+            return self.completion_tokens
+        return max(0, self.events - 2)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Exchange:
+    """One client request: its ASGI channel, and the upstream answer relayed to it."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.started_at = time.monotonic()
+        self.last_activity = self.started_at
+        self._receive = receive
+        self._send = send
+        self._task = asyncio.current_task()
+        self._watch: asyncio.Task[None] | None = None
+        self._upstream: aiohttp.ClientResponse | None = None
+        self.gone = False
+        self.timed_out = False
+        self.response_started = False
+
+    def header(self, name: bytes) -> str | None:
+        """A request header's value (``name`` in lower case), or None."""
+        for key, value in self.scope.get("headers", ()):
+            if key == name:
+                text: str = value.decode("latin-1")
+                return text
+        return None
+
+    def watch_client(self) -> None:
+        """From now on, a client that goes away stops the work done for it."""
+        self._watch = asyncio.create_task(_until_disconnect(self._receive))
+        self._watch.add_done_callback(self._client_left)
+
+    def _client_left(self, watch: asyncio.Task[None]) -> None:
+        if watch.cancelled():
+            return
+        self.gone = True
+        if self._upstream is not None:
+            self._upstream.close()  # the engine sees the connection close and aborts
+        elif self._task is not None:
+            self._task.cancel()  # still waiting for a slot or for headers
+
+    def stalled(self) -> None:
+        """The upstream sent nothing for too long: end the answer (the watchdog's call)."""
+        self.timed_out = True
+        if self._upstream is not None:
+            self._upstream.close()
+        elif self._task is not None:
+            self._task.cancel()
+
+    def finish(self) -> None:
+        if self._watch is not None:
+            self._watch.remove_done_callback(self._client_left)
+            self._watch.cancel()
+
+    async def answer_error(self, error: AifError) -> None:
+        """An error in the API's words; only before any byte of an answer was sent."""
+        await self.answer_json(error.status_code, error.body(), error.headers)
+
+    async def answer_json(
+        self, status: int, content: object, headers: dict[str, str] | None = None
+    ) -> None:
+        """A whole JSON answer of this server's own, unless an answer already started."""
+        if self.gone or self.response_started:
+            return
+        body = json.dumps(content).encode()
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.response_started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": raw})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def relay(
+        self, upstream: aiohttp.ClientResponse, *, instance: str, gaps: GapSink | None = None
+    ) -> Outcome:
+        """Stream ``upstream`` to the client as it arrives; the outcome says how it went.
+
+        ``gaps`` hears the time between two chunks of an event stream.
+        """
+        self._upstream = upstream
+        content_type = upstream.headers.get("content-type", "")
+        outcome = Outcome(status=upstream.status, streamed=content_type.startswith(EVENT_STREAM))
+        headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in HOP_HEADERS]
+        send = self._send
+        self.last_activity = time.monotonic()
+        self.response_started = True
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        tail = b""
+        if not outcome.streamed:
+            gaps = None
+        try:
+            async for chunk in upstream.content.iter_any():
+                now = time.monotonic()
+                if not outcome.first_byte_at:
+                    outcome.first_byte_at = now
+                elif gaps is not None:
+                    gaps.add(now - self.last_activity)
+                self.last_activity = now
+                if outcome.streamed:
+                    outcome.events += chunk.count(_DATA_EVENT)
+                tail = chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if self.gone:
+                return outcome
+            outcome.failure = "stalled" if self.timed_out else f"{type(exc).__name__}: {exc}"
+            await self._end_broken(outcome, instance)
+            return outcome
+        finally:
+            upstream.release()
+            outcome.finished_at = time.monotonic()
+        found = _COMPLETION_TOKENS.findall(tail)
+        if found:
+            outcome.completion_tokens = int(found[-1])
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+    async def _end_broken(self, outcome: Outcome, instance: str) -> None:
+        logger.warning(
+            "answer broke after bytes flowed instance=%s path=%s reason=%s",
+            instance, self.scope.get("path"), outcome.failure,
+        )  # fmt: skip
+        if outcome.streamed:
+            error = {
+                "error": {
+                    "message": f"the model instance failed mid-answer ({outcome.failure})",
+                    "type": "upstream_error",
+                    "param": None,
+                    "code": 502,
+                }
+            }
+            event = b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+            with contextlib.suppress(OSError):
+                await self._send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        # A whole JSON answer cut short cannot be mended: the body is left unended, and the
+        # server closes the connection, which the client reads as a broken answer.

@@ -1,0 +1,72 @@
+"""Admission control: capacity, a bounded wait queue with a deadline, then 429."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from api.chat_job_executor.admission import Gate
+from api.errors import Overloaded
+from tests.chat_job_executor.conftest import model_record
+
+
+async def test_a_request_waits_for_a_slot_and_gets_it_when_one_frees() -> None:
+    gate = Gate()
+    await gate.acquire(1, queue_limit=1, wait_s=5)
+    waiting = asyncio.create_task(gate.acquire(1, queue_limit=1, wait_s=5))
+    await asyncio.sleep(0.01)
+    assert gate.queued == 1 and not waiting.done()
+    gate.release(1)
+    await asyncio.wait_for(waiting, 1)
+    assert gate.in_flight == 1 and gate.queued == 0
+
+
+async def test_a_full_queue_refuses_at_once_and_a_deadline_refuses_later() -> None:
+    gate = Gate()
+    await gate.acquire(1, queue_limit=1, wait_s=0.05)
+    waiting = asyncio.create_task(gate.acquire(1, queue_limit=1, wait_s=0.05))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="1 more are waiting") as full:
+        await gate.acquire(1, queue_limit=1, wait_s=0.05)
+    assert full.value.headers == {"retry-after": "1"}
+    with pytest.raises(Overloaded, match=r"no slot freed up within 0\.05s"):
+        await waiting
+    assert gate.in_flight == 1 and gate.queued == 0
+
+
+async def test_a_waiter_cancelled_as_it_is_granted_hands_the_slot_on() -> None:
+    gate = Gate()
+    await gate.acquire(1, queue_limit=2, wait_s=5)
+    first = asyncio.create_task(gate.acquire(1, queue_limit=2, wait_s=5))
+    second = asyncio.create_task(gate.acquire(1, queue_limit=2, wait_s=5))
+    await asyncio.sleep(0.01)
+    gate.release(1)  # grants the first waiter ...
+    first.cancel()  # ... which leaves before it runs
+    await asyncio.wait_for(second, 1)
+    assert first.cancelled()
+    assert gate.in_flight == 1 and gate.queued == 0
+
+
+async def test_past_capacity_and_queue_the_gateway_answers_429_promptly(
+    engines: Any, gateway: Any
+) -> None:
+    [engine] = await engines(1, tokens=50, token_delay_s=0.02)
+    gw = await gateway(max_in_flight_per_instance=2, admission_queue_per_instance=1,
+                       admission_wait_s=0.2)  # fmt: skip
+    gw.store.create(model_record("m", [engine]))
+    body = {"model": "m", "messages": [], "stream": True}
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = await asyncio.gather(
+            *(client.post(gw.url + "/v1/chat/completions", json=body) for _ in range(6))
+        )
+        metrics = (await client.get(gw.url + "/metrics")).text
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 429, 429, 429, 429]  # 2 in flight; the waiter timed out too
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert 'aif_requests_rejected_total{model="m",reason="overloaded"} 4.0' in metrics
+    assert engine.requests == 2
