@@ -55,12 +55,15 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     application = create_app(settings, roles)
-    # The asyncio loop, not uvloop: Pulumi's inline programs run on it.
+    # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
+    # programs run (a model-job-executor deploying to Kubernetes).
+    runs_pulumi = Role.MODEL_JOB_EXECUTOR in roles and settings.runtime == "kubernetes"
     uvicorn.run(
         application,
         host=settings.host,
         port=settings.port,
-        loop="asyncio",
+        loop="asyncio" if runs_pulumi else "uvloop",
+        http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
     )
