@@ -199,6 +199,9 @@ class Processes:
     def stop(self, process: psutil.Process) -> None:
         with contextlib.suppress(psutil.Error):
             family = [*process.children(recursive=True), process]
+            # The parent first: aif stops its own engines; what is left is ended after.
+            process.terminate()
+            _, alive = psutil.wait_procs([process], timeout=10)
             for p in family:
                 with contextlib.suppress(psutil.Error):
                     p.terminate()
