@@ -2,12 +2,16 @@
 
 ``python -m simulator --host 127.0.0.1 --port PORT --served-model-name NAME
 --model-type TYPE [--startup-delay-s S] [--error-rate R] [--stall-after-tokens N]
-[--max-num-seqs N] [--seed N]``
+[--max-num-seqs N] [--fixed-ttft-ms MS] [--fixed-itl-ms MS] [--prefill-ms-per-token MS]
+[--seed N]``
 
 ``--model-type`` names a preset of :mod:`domain.presets`; the engine limits and the latency
-profile come from it. The port listens at once and ``/health`` answers 503 until the startup
-delay (the preset's ``startup_s`` unless overridden) has passed. uvicorn handles SIGTERM and
-SIGINT. Which processes to start, and when, is left to the local deployer.
+profile come from it. ``--fixed-ttft-ms`` and ``--fixed-itl-ms`` replace the batch-dependent
+latency with fixed ones and ``--prefill-ms-per-token`` sets what each uncached prompt token
+adds to a step, for benchmarks of what sits in front of the engine. The port listens
+at once and ``/health`` answers 503 until the startup delay (the preset's ``startup_s`` unless
+overridden) has passed. uvicorn handles SIGTERM and SIGINT. Which processes to start, and
+when, is left to the local deployer.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--stall-after-tokens", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--fixed-ttft-ms",
+        type=float,
+        default=None,
+        help="time to first token whatever the batch (plus uncached prefill); needs --fixed-itl-ms",
+    )
+    parser.add_argument(
+        "--fixed-itl-ms", type=float, default=None, help="inter-token latency whatever the batch"
+    )
+    parser.add_argument(
+        "--prefill-ms-per-token", type=float, default=None, help="default: the preset's"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -61,6 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--stall-after-tokens must be at least 0")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         parser.error("--max-num-seqs must be at least 1")
+    for flag in ("fixed_ttft_ms", "fixed_itl_ms", "prefill_ms_per_token"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 0")
+    if args.fixed_ttft_ms is not None and args.fixed_itl_ms is None:
+        parser.error("--fixed-ttft-ms needs --fixed-itl-ms")
     if args.startup_delay_s is not None and args.startup_delay_s < 0:
         parser.error("--startup-delay-s must be at least 0")
     presets = load_presets()
@@ -77,7 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     preset = load_presets()[args.model_type]
-    config = EngineConfig.from_preset(preset, args.served_model_name, args.max_num_seqs)
+    config = EngineConfig.from_preset(
+        preset,
+        args.served_model_name,
+        args.max_num_seqs,
+        fixed_ttft_ms=args.fixed_ttft_ms,
+        fixed_itl_ms=args.fixed_itl_ms,
+        prefill_ms_per_token=args.prefill_ms_per_token,
+    )
     faults = Faults(
         error_rate=args.error_rate,
         stall_after_tokens=args.stall_after_tokens,

@@ -31,6 +31,12 @@ class EngineConfig:
     prefill_ms_per_token: float
     decode_step_base_ms: float
     decode_ms_per_running_seq: float
+    # Fixed-latency mode (benchmarks): every step costs ``fixed_itl_ms`` whatever its batch,
+    # plus the prefill of uncached prompt tokens, and a sequence is admitted no sooner than
+    # ``fixed_ttft_ms`` less one step after it arrived, so its first token comes about
+    # ``fixed_ttft_ms`` after arrival. None keeps the preset's batch-dependent costs.
+    fixed_ttft_ms: float | None = None
+    fixed_itl_ms: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
@@ -38,11 +44,24 @@ class EngineConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.kv_cache_blocks < 1:
             raise ValueError("kv_cache_blocks must be at least 1")
+        for name in ("fixed_ttft_ms", "fixed_itl_ms", "prefill_ms_per_token"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be at least 0")
 
     @classmethod
     def from_preset(
-        cls, preset: Preset, served_model_name: str, max_num_seqs: int | None = None
+        cls,
+        preset: Preset,
+        served_model_name: str,
+        max_num_seqs: int | None = None,
+        *,
+        fixed_ttft_ms: float | None = None,
+        fixed_itl_ms: float | None = None,
+        prefill_ms_per_token: float | None = None,
     ) -> EngineConfig:
+        if prefill_ms_per_token is None:
+            prefill_ms_per_token = preset.simulator.prefill_ms_per_token
         return cls(
             served_model_name=served_model_name,
             max_num_seqs=max_num_seqs if max_num_seqs is not None else preset.vllm.max_num_seqs,
@@ -50,10 +69,17 @@ class EngineConfig:
             max_model_len=preset.vllm.max_model_len,
             block_size=preset.vllm.block_size,
             kv_cache_blocks=preset.simulator.kv_cache_blocks,
-            prefill_ms_per_token=preset.simulator.prefill_ms_per_token,
+            prefill_ms_per_token=prefill_ms_per_token,
             decode_step_base_ms=preset.simulator.decode_step_base_ms,
             decode_ms_per_running_seq=preset.simulator.decode_ms_per_running_seq,
+            fixed_ttft_ms=fixed_ttft_ms,
+            fixed_itl_ms=fixed_itl_ms,
         )
+
+    @property
+    def step_base_ms(self) -> float:
+        """What a decode step costs before its per-sequence share."""
+        return self.fixed_itl_ms if self.fixed_itl_ms is not None else self.decode_step_base_ms
 
     @property
     def kv_cache_tokens(self) -> int:

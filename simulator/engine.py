@@ -186,10 +186,11 @@ class Engine:
             return
         plan = self.scheduler.schedule(self._clock())
         if plan.empty:
-            # Only preemption can leave a plan empty, and it freed the memory the head of the
-            # queue needs: plan again at once.
+            # Preemption can leave a plan empty, and it freed the memory the head of the queue
+            # needs: plan again at once. In fixed-TTFT mode the head may not be due yet: wait.
             self._recorder.record_step(self.scheduler.complete(plan, self._clock()))
-            await asyncio.sleep(0)
+            delay_s = self.scheduler.admission_delay_s(self._clock())
+            await (self._sleep(delay_s) if delay_s > 0 else asyncio.sleep(0))
             return
         await self._sleep(plan.cost_s)
         outcome = self.scheduler.complete(plan, self._clock())

@@ -7,7 +7,9 @@ the step's token budget (``max_num_batched_tokens``) lasts and the free KV block
 sequence's context plus one token. A decoding sequence grows its blocks as it generates; when
 none are free the newest running sequence is preempted back to the head of the queue and
 recomputes its context when readmitted. A step costs ``prefill_ms_per_token`` per uncached
-prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch``.
+prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch``; in the
+fixed-latency mode (``fixed_itl_ms``) the decode part is ``fixed_itl_ms`` whatever the batch,
+and ``fixed_ttft_ms`` holds a sequence in the queue until its first token is due.
 
 The scheduler is synchronous and keeps no clock: :meth:`Scheduler.schedule` plans a step at
 ``now``, :meth:`Scheduler.complete` applies it at a later ``now`` and delivers the tokens.
@@ -77,11 +79,9 @@ def step_cost_s(config: EngineConfig, prefill_tokens: int, batch_size: int) -> f
     """Duration of one step that prefills ``prefill_tokens`` over ``batch_size`` sequences."""
     if batch_size == 0:
         return 0.0
-    cost_ms = (
-        config.prefill_ms_per_token * prefill_tokens
-        + config.decode_step_base_ms
-        + config.decode_ms_per_running_seq * batch_size
-    )
+    cost_ms = config.prefill_ms_per_token * prefill_tokens + config.step_base_ms
+    if config.fixed_itl_ms is None:
+        cost_ms += config.decode_ms_per_running_seq * batch_size
     return cost_ms / 1000.0
 
 
@@ -107,6 +107,18 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
+
+    def admission_delay_s(self, now: float) -> float:
+        """How long until the head of the queue may be admitted (fixed-TTFT mode), else 0."""
+        if not self.waiting or self.config.fixed_ttft_ms is None:
+            return 0.0
+        return max(0.0, self._due_s(self.waiting[0]) - now)
+
+    def _due_s(self, sequence: Sequence) -> float:
+        # Admitted one step before its first token is due: that step ends about on time.
+        assert self.config.fixed_ttft_ms is not None
+        lead_ms = self.config.fixed_ttft_ms - self.config.step_base_ms
+        return sequence.arrival_s + max(0.0, lead_ms) / 1000.0
 
     def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
         """Whether a sequence of this size can ever hold its KV in this engine."""
@@ -174,6 +186,8 @@ class Scheduler:
         block_size = self.config.block_size
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             sequence = self.waiting[0]
+            if self.config.fixed_ttft_ms is not None and self._due_s(sequence) > now:
+                break  # arrivals are in order, so nothing behind it is due either
             context = sequence.prompt_tokens + sequence.generated
             needed = blocks_for(context + 1, block_size)
             if not self.pool.can_allocate(needed):
