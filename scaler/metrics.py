@@ -5,6 +5,10 @@
 cumulative bucket counts, and computes p95 over the interval between two scrapes the way
 PromQL's ``histogram_quantile(0.95, sum by (le) (rate(...)))`` does. A source that cannot
 reach an instance logs and leaves it out; no traffic gives ``None``, which means idle.
+
+Some engines serve no ``/metrics`` at all (llama-cpp-python's server answers 404). Such an
+instance is noted once at INFO and not asked again for as long as it lives: it contributes
+nothing, like an idle one, instead of a warning every interval.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ TPOT_METRICS = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_
 WAITING_METRIC = "vllm:num_requests_waiting"
 RUNNING_METRIC = "vllm:num_requests_running"
 SCRAPE_TIMEOUT_S = 2.0
+# Answers that mean "this engine has no metrics route", as opposed to a failing scrape.
+NO_METRICS_STATUSES = frozenset({404, 405, 501})
 
 Buckets = dict[float, float]
 
@@ -119,17 +125,36 @@ class EngineScrapeSource:
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client or httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
         self._previous: dict[tuple[str, str], dict[str, Buckets]] = {}
+        # Instances whose engine has no /metrics route: not asked again.
+        self._without_metrics: set[tuple[str, str]] = set()
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    def _forget_gone(self, record: ModelRecord) -> None:
+        """Drop what is kept about this model's instances that are no longer among its endpoints."""
+        live = {(record.id, e.instance_id) for e in record.endpoints}
+        self._without_metrics = {k for k in self._without_metrics if k[0] != record.id or k in live}
+        for key in [k for k in self._previous if k[0] == record.id and k not in live]:
+            del self._previous[key]
 
     async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
         windows: dict[str, Buckets] = {}
         gauges: dict[str, float] = {}
         scraped = 0
+        self._forget_gone(record)
         for endpoint in record.endpoints:
+            key = (record.id, endpoint.instance_id)
+            if key in self._without_metrics:
+                continue
             try:
                 response = await self._client.get(f"{endpoint.url}/metrics")
+                if response.status_code in NO_METRICS_STATUSES:
+                    self._without_metrics.add(key)
+                    logger.info("engine serves no /metrics (HTTP %d), not scraping it: model=%s "
+                                "instance=%s url=%s", response.status_code, record.name,
+                                endpoint.instance_id, endpoint.url)  # fmt: skip
+                    continue
                 response.raise_for_status()
             except httpx.HTTPError as exc:
                 logger.warning("metrics scrape failed model=%s url=%s: %s", record.name,
@@ -138,7 +163,6 @@ class EngineScrapeSource:
             scraped += 1
             families = list(text_string_to_metric_families(response.text))
             current = parse_histograms(families, record.name, (TTFT_METRIC, *TPOT_METRICS))
-            key = (record.id, endpoint.instance_id)
             previous = self._previous.get(key, {})
             self._previous[key] = current
             for name, buckets in current.items():
