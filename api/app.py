@@ -142,7 +142,7 @@ def build_roles(
     if Role.CHAT_JOB_EXECUTOR in roles or (
         Role.FRONTEND in roles and not settings.chat_executor_url
     ):
-        chat = ChatJobExecutor(store, settings, registry=state.registry)
+        chat = ChatJobExecutor(store, settings, registry=state.registry, on_write=changes.notify)
         changes.add(chat.notify_change)
         state.inference = chat
         built.append(chat)

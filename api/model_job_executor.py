@@ -86,6 +86,8 @@ class ModelJobExecutor:
         recovered = await self._deployer.recover()
         if recovered:
             logger.info("cleaned up %d leftovers of an earlier run", recovered)
+        if not self._deployer.instances_outlive_executor:
+            await asyncio.to_thread(self._forget_endpoints)
         self._task = asyncio.create_task(self._loop(), name="model-job-executor")
 
     async def stop(self) -> None:
@@ -214,20 +216,9 @@ class ModelJobExecutor:
             before = record.model_dump(include=_OBSERVED)
             record.ready_instances = state.ready_replicas
             record.endpoints = list(state.endpoints)
-            current = record.generation == spec.generation and record.replicas == spec.replicas
-            if current and state.phase is Phase.READY and not record.deleting:
-                if record.status is not ModelStatus.ACTIVE:
-                    logger.info(
-                        "model active model=%s name=%s generation=%d ready=%d",
-                        record.id, record.name, record.generation, state.ready_replicas,
-                    )  # fmt: skip
-                record.status = ModelStatus.ACTIVE
-                record.observed_generation = record.generation
-                record.status_code, record.status_msg = "", ""
-                record.attempts, record.next_attempt_at = 0, 0.0
-            elif not record.deleting:
-                record.status_code = ""
-                record.status_msg = state.message
+            if not record.deleting:
+                current = record.generation == spec.generation and record.replicas == spec.replicas
+                _observed_status(record, state, done=current and state.phase is Phase.READY)
             changed = record.model_dump(include=_OBSERVED) != before
             if changed:
                 record.touch()
@@ -249,30 +240,89 @@ class ModelJobExecutor:
                 record.endpoints = list(state.endpoints)
             record.status_code = error.reason
             exhausted = record.attempts >= self._retry.max_attempts or not error.retryable
-            if exhausted and not record.deleting:
+            serving = record.ready_instances > 0 and not record.deleting
+            if exhausted and not record.deleting and not serving:
                 record.status = ModelStatus.FAILED
                 record.status_msg = error.message
             else:
+                # Some instances serve: the model stays up on them, and the rest keep being
+                # tried (at the longest backoff once the attempts are spent).
                 delay_s = self._retry.delay_s(record.attempts)
                 record.next_attempt_at = now + delay_s
-                record.status_msg = (
-                    f"{error.message} (attempt {record.attempts} of {self._retry.max_attempts}, "
-                    f"retrying in {delay_s:.0f}s)"
-                )
+                if serving:
+                    record.status = ModelStatus.ACTIVE
+                    waiting = record.replicas - record.ready_instances
+                    record.status_msg = (
+                        f"{record.ready_instances}/{record.replicas} instances ready; {waiting} "
+                        f"waiting: {error.message} (retrying in {delay_s:.0f}s)"
+                    )
+                else:
+                    record.status_msg = (
+                        f"{error.message} (attempt {record.attempts} of "
+                        f"{self._retry.max_attempts}, retrying in {delay_s:.0f}s)"
+                    )
             record.touch()
             logger.warning(
-                "reconcile failed model=%s name=%s reason=%s attempts=%d status=%s message=%s",
-                record.id, record.name, error.reason, record.attempts, record.status, error.message,
+                "reconcile failed model=%s name=%s reason=%s attempts=%d status=%s ready=%d "
+                "message=%s",
+                record.id, record.name, error.reason, record.attempts, record.status,
+                record.ready_instances, error.message,
             )  # fmt: skip
             return True
 
         self._mutate(seen.id, fail)
+
+    def _forget_endpoints(self) -> None:
+        """Endpoints of engines an earlier run of this executor started are gone with it.
+
+        Until the first pass observes the new instances, routing must not send requests to
+        the old addresses, and the status must not say a model serves.
+        """
+        now = self._clock()
+        for seen in self._store.list():
+            if not seen.endpoints or not lease_available(seen, self.owner, now):
+                continue
+
+            def forget(record: ModelRecord) -> bool:
+                if not record.endpoints:
+                    return False
+                record.endpoints, record.ready_instances = [], 0
+                if record.status is ModelStatus.ACTIVE:
+                    record.status = ModelStatus.DEPLOYING
+                    record.status_msg = "restarting instances"
+                return True
+
+            self._mutate(seen.id, forget)
 
     def _forget(self, model_id: str) -> None:
         record = remove(self._store, model_id)
         if record is not None:
             logger.info("model removed model=%s name=%s", model_id, record.name)
             self._on_observed()
+
+
+def _observed_status(record: ModelRecord, state: DeploymentState, *, done: bool) -> None:
+    """The status that tells the truth about what serves, from what the deployer observed."""
+    if done:
+        status = ModelStatus.IDLE if record.replicas == 0 else ModelStatus.ACTIVE
+        if record.status is not status:
+            logger.info(
+                "model %s model=%s name=%s generation=%d ready=%d",
+                status.value.lower(), record.id, record.name, record.generation,
+                state.ready_replicas,
+            )  # fmt: skip
+        record.status = status
+        record.observed_generation = record.generation
+        record.status_code, record.attempts, record.next_attempt_at = "", 0, 0.0
+        record.status_msg = (
+            "scaled to zero; the next request starts an instance" if record.replicas == 0 else ""
+        )
+        return
+    record.status_code = ""
+    record.status_msg = state.message
+    if state.ready_replicas == 0 and record.status in (ModelStatus.ACTIVE, ModelStatus.IDLE):
+        # Nothing serves (after a restart, or starting from zero): not ACTIVE until it does.
+        record.status = ModelStatus.DEPLOYING
 
 
 _OBSERVED = {

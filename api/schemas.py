@@ -57,6 +57,8 @@ def _relative_path(value: str) -> str:
 ModelName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
 ModelType = Annotated[str, AfterValidator(_known_type)]
 InstanceCount = Annotated[int, Field(ge=1)]
+# min_instance 0: the model scales to zero when idle, and the next request starts an instance.
+MinInstanceCount = Annotated[int, Field(ge=0)]
 
 
 class _Body(BaseModel):
@@ -97,7 +99,7 @@ class ModelCreate(_Body):
     resource_type: ResourceTypeName = "huawei.com/ascend-1980"
     version: str = Field(default="", max_length=63, pattern=VERSION_PATTERN)
     max_instance: InstanceCount
-    min_instance: InstanceCount
+    min_instance: MinInstanceCount
     pvc: PvcSpec
     slo: SloSpec
     description: str = Field(default="", max_length=2048)
@@ -126,7 +128,7 @@ class ModelUpdate(_Body):
     resource_type: ResourceTypeName | None = None
     version: str | None = Field(default=None, max_length=63, pattern=VERSION_PATTERN)
     max_instance: InstanceCount | None = None
-    min_instance: InstanceCount | None = None
+    min_instance: MinInstanceCount | None = None
     pvc: PvcSpec | None = None
     slo: SloSpec | None = None
     description: str | None = Field(default=None, max_length=2048)
@@ -163,6 +165,18 @@ class SloPublic(BaseModel):
     target_time_per_output_token_p95: int | float
 
 
+class ScalingPublic(BaseModel):
+    decided_at: datetime | None
+    from_replicas: int
+    to_replicas: int
+    reason: str
+    inputs: dict[str, float | int | str | None]
+
+    @field_serializer("decided_at")
+    def _timestamp(self, value: datetime | None) -> str | None:
+        return format_timestamp(value) if value is not None else None
+
+
 class ModelPublic(BaseModel):
     """A registered model as the product shows it."""
 
@@ -184,6 +198,7 @@ class ModelPublic(BaseModel):
     updated_at: datetime
     instances: int = Field(description="desired instances, within [min_instance, max_instance]")
     ready_instances: int
+    scaling: ScalingPublic = Field(description="the task-executor-manager's last decision")
 
     @field_serializer("created_at", "updated_at")
     def _timestamp(self, value: datetime) -> str:

@@ -247,6 +247,10 @@ class Running:
     router: psutil.Process | None = None
 
 
+def _arg(args: tuple[str, ...], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
 def start_setup(setup: Setup, procs: Processes, work: Path, aif_env: dict[str, str]) -> Running:
     port = _free_port()
     data_dir = work / f"aif-{setup.name}"
@@ -254,6 +258,9 @@ def start_setup(setup: Setup, procs: Processes, work: Path, aif_env: dict[str, s
         **os.environ,
         "AIF_LOG_LEVEL": "WARNING",
         "AIF_ENGINE_ARGS": json.dumps(list(setup.engine_args)),
+        # Admission matches what the engines were started with, as it matches the preset's
+        # max-num-seqs in a deployment.
+        "AIF_MAX_IN_FLIGHT_PER_INSTANCE": _arg(setup.engine_args, "--max-num-seqs"),
         # The autoscaler must not change replicas during a run.
         "AIF_SCALE_INTERVAL_S": "86400",
         **aif_env,

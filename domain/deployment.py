@@ -71,6 +71,10 @@ class Deployer(Protocol):
     becomes the model's ``status_code`` and ``retryable`` says whether a later pass may help.
     """
 
+    # False when instances die with the process that drives them (local engines): their
+    # recorded endpoints are stale once that process restarts.
+    instances_outlive_executor: bool
+
     async def apply(self, spec: DeploymentSpec) -> DeploymentState:
         """Drive the model's deployment toward ``spec``; idempotent, returns promptly."""
         ...

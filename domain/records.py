@@ -20,6 +20,8 @@ class ModelStatus(enum.StrEnum):
     DEPLOYING = "DEPLOYING"
     ACTIVE = "ACTIVE"
     UPDATING = "UPDATING"
+    # Scaled to zero instances; the next request starts one (and waits for it).
+    IDLE = "IDLE"
     DELETING = "DELETING"
     FAILED = "FAILED"
 
@@ -66,6 +68,17 @@ class Endpoint(BaseModel):
     ready: bool = True
 
 
+class Scaling(BaseModel):
+    """The task-executor-manager's last decision for a model, as it was made."""
+
+    decided_at: datetime | None = None
+    from_replicas: int = 0
+    to_replicas: int = 0
+    reason: str = ""
+    # Every input that led to the decision (latency ratios, rates, queue, estimates).
+    inputs: dict[str, float | int | str | None] = Field(default_factory=dict)
+
+
 class ModelRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
@@ -91,6 +104,9 @@ class ModelRecord(BaseModel):
     # Desired state beyond the product's fields.
     replicas: int = Field(description="desired instances, kept within [min_instance, max_instance]")
     generation: int = 1
+
+    # The last scaling decision, written by the task-executor-manager.
+    scaling: Scaling = Field(default_factory=Scaling)
 
     # Observed state, written by the model-job-executor.
     observed_generation: int = 0

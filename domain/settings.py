@@ -77,6 +77,9 @@ class Settings(ClusterConfig, BaseSettings):
     # Extra arguments for every local engine process (fault injection in tests, vLLM flags).
     engine_args: list[str] = Field(default_factory=list)
     engine_ready_timeout_s: float = Field(default=120.0, gt=0)
+    # Scale-in drains: an instance leaves routing, its requests finish within this, then it
+    # stops (long answers take minutes).
+    drain_timeout_s: float = Field(default=300.0, ge=0)
 
     # model-job-executor: one reconcile pass per interval, and at once on a change.
     reconcile_interval_s: float = Field(default=1.0, gt=0)
@@ -114,8 +117,11 @@ class Settings(ClusterConfig, BaseSettings):
     # Admission: requests one instance serves at once (0: the preset's max-num-seqs, past
     # which the engine queues inside), then a short wait queue with a deadline, then 429.
     max_in_flight_per_instance: int = Field(default=0, ge=0)
-    admission_queue_per_instance: int = Field(default=8, ge=0)
-    admission_wait_s: float = Field(default=2.0, gt=0)
+    admission_queue_per_instance: int = Field(default=2, ge=0)
+    admission_wait_s: float = Field(default=1.0, gt=0)
+    # A request for a model with no instance ready yet (starting, restarting, scaled to zero)
+    # waits this long for one before a 503.
+    hold_timeout_s: float = Field(default=60.0, ge=0)
 
     # task-executor-manager: how often latency is read and replicas decided.
     scale_interval_s: float = Field(default=5.0, gt=0)

@@ -162,6 +162,9 @@ class _Operation:
 class PulumiDeployer:
     """:class:`~domain.deployment.Deployer` for ``runtime = "kubernetes"``."""
 
+    # Pods run on whatever happens to the executor's own pod.
+    instances_outlive_executor = True
+
     def __init__(
         self,
         settings: Settings,

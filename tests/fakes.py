@@ -12,6 +12,8 @@ from domain.records import Endpoint
 class FakeDeployer:
     """A deployer whose instances are ready as soon as they are asked for."""
 
+    instances_outlive_executor = True
+
     phase: Phase = Phase.READY
     reason: str = ""
     message: str = ""

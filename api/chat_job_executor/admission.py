@@ -20,9 +20,9 @@ from api.errors import Overloaded
 @dataclass(frozen=True)
 class AdmissionRule:
     # Requests that may wait per instance of the model once all are busy.
-    queue_per_instance: int = 8
+    queue_per_instance: int = 2
     # How long one may wait for a slot before it is refused.
-    wait_s: float = 2.0
+    wait_s: float = 1.0
 
 
 class Gate:
@@ -31,11 +31,13 @@ class Gate:
     def __init__(self) -> None:
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self.rejected = 0
+        # Requests held until the model has an instance ready at all (see the executor).
+        self.held = 0
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        """Requests waiting: for a slot, or for the model's first instance."""
+        return len(self._waiters) + self.held
 
     async def acquire(self, capacity: int, queue_limit: int, wait_s: float) -> None:
         """Take a slot, waiting for one when all ``capacity`` are taken; else Overloaded."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -40,9 +41,9 @@ from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.wakeup import Wakeup
 from domain.presets import load_presets
-from domain.records import ModelRecord
+from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
-from domain.store import ModelStore
+from domain.store import ModelStore, rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,12 @@ class ChatJobExecutor:
     """
 
     def __init__(
-        self, store: ModelStore, settings: Settings, *, registry: CollectorRegistry | None = None
+        self,
+        store: ModelStore,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        on_write: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -91,6 +97,8 @@ class ChatJobExecutor:
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshed_at = 0.0
         self._miss_lock = asyncio.Lock()
+        self._rebuilt = asyncio.Event()
+        self._on_write = on_write
 
     def _capacity_of(self, record: ModelRecord) -> int:
         if self._settings.max_in_flight_per_instance:
@@ -126,6 +134,9 @@ class ChatJobExecutor:
     async def refresh(self) -> None:
         self._refreshed_at = time.monotonic()
         self.table.rebuild(await asyncio.to_thread(self._store.list))
+        # Wake held requests: each waits on the event of the table it last saw.
+        rebuilt, self._rebuilt = self._rebuilt, asyncio.Event()
+        rebuilt.set()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -173,13 +184,56 @@ class ChatJobExecutor:
             raise ModelNotFound(
                 f"model {name!r} does not exist; available models: {available}", param="model"
             )
-        if not route.serving:
-            detail = f": {route.status_msg}" if route.status_msg else ""
-            raise ModelNotReady(
-                f"model {name!r} is {route.status.value} and not serving yet{detail}",
-                param="model",
-            )
-        return route
+        if route.serving:
+            return route
+        if not route.coming or self._settings.hold_timeout_s == 0:
+            raise _not_serving(route)
+        return await self._hold(route)
+
+    async def _hold(self, route: Route) -> Route:
+        """Wait for the model's first ready instance, starting one if it has scaled to zero."""
+        gate, name = route.gate, route.name
+        deadline = time.monotonic() + self._settings.hold_timeout_s
+        gate.held += 1
+        try:
+            if route.desired_instances == 0:
+                await asyncio.to_thread(self._wake, route.model_id)
+            while True:
+                rebuilt = self._rebuilt
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _not_serving(route, self._settings.hold_timeout_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await rebuilt.wait()
+                current = self.table.lookup(name)
+                if current is None:
+                    raise ModelNotFound(f"model {name!r} was deleted", param="model")
+                route = current
+                if route.serving:
+                    return route
+                if not route.coming:
+                    raise _not_serving(route)
+        finally:
+            gate.held -= 1
+
+    def _wake(self, model_id: str) -> None:
+        """A request for a model scaled to zero: ask for an instance (the activator's job)."""
+
+        def wake(record: ModelRecord) -> ModelRecord | None:
+            if record.replicas > 0 or record.deleting:
+                return None
+            record.replicas = record.within_bounds(1)
+            record.generation += 1
+            record.status = ModelStatus.DEPLOYING
+            record.status_msg = "starting an instance for a waiting request"
+            record.touch()
+            return record
+
+        result = rewrite(self._store, model_id, wake)
+        if result is not None and result[1]:
+            logger.info("waking model from zero model=%s replicas=%d", model_id, result[0].replicas)
+            self._on_write()
 
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
@@ -294,6 +348,21 @@ class ChatJobExecutor:
                 metrics.tpot.labels(name).observe(
                     (outcome.finished_at - outcome.first_byte_at) / (tokens - 1)
                 )
+
+
+def _not_serving(route: Route, waited_s: float | None = None) -> ModelNotReady:
+    detail = f": {route.status_msg}" if route.status_msg else ""
+    if waited_s is None:
+        return ModelNotReady(
+            f"model {route.name!r} is {route.status.value} and not serving{detail}",
+            param="model",
+        )
+    return ModelNotReady(
+        f"model {route.name!r} has no instance ready after {waited_s:g}s "
+        f"({route.status.value}{detail}); retry shortly",
+        param="model",
+        retry_after_s=5,
+    )
 
 
 def affinity_key(request: dict[str, Any], session: str | None, prefix_chars: int) -> bytes:

@@ -34,8 +34,10 @@ from typing import Protocol
 from api.chat_job_executor.admission import Gate
 from domain.records import ModelRecord, ModelStatus
 
-# Statuses in which a model's ready instances take traffic: an UPDATING model keeps serving.
-SERVING_STATUSES = frozenset({ModelStatus.ACTIVE, ModelStatus.UPDATING})
+# Statuses in which a model without a ready instance will have one: its requests wait.
+COMING_STATUSES = frozenset(
+    {ModelStatus.DEPLOYING, ModelStatus.UPDATING, ModelStatus.ACTIVE, ModelStatus.IDLE}
+)
 POLICIES = ("least-outstanding", "round-robin", "load", "prefix")
 # Points per instance on the hash ring: enough that instances share the ring evenly.
 RING_POINTS_PER_INSTANCE = 64
@@ -118,7 +120,13 @@ class Route:
 
     @property
     def serving(self) -> bool:
-        return self.status in SERVING_STATUSES and bool(self.instances)
+        """Ready instances take traffic whatever the status says, unless it is going away."""
+        return self.status is not ModelStatus.DELETING and bool(self.instances)
+
+    @property
+    def coming(self) -> bool:
+        """No instance is ready, but one is on its way (starting, restarting, from zero)."""
+        return self.status in COMING_STATUSES
 
     @property
     def capacity(self) -> int:

@@ -73,6 +73,7 @@ EARLY_EXIT_S = 60.0  # an exit this soon after start counts towards a crash loop
 CRASH_LOOP_EXITS_PER_INSTANCE = 3  # tries per desired instance within the window before FAILED
 CRASH_LOOP_WINDOW_S = 600.0  # early exits older than this are forgiven
 KEPT_CRASH_LOGS = 5  # per model: logs of exited engines kept for diagnosis
+DRAIN_POLL_S = 0.5  # how often a draining engine is checked for connections
 
 
 @dataclass
@@ -113,6 +114,9 @@ class LocalDeployer:
     ``command_builder(engine, spec, port, extra_args)`` gives an engine's argv; by default
     :func:`api.deployers.launch.engine_command` with weights under ``settings.data_dir``.
     """
+
+    # Engines die with aif (the parent-death signal): endpoints of an earlier run are stale.
+    instances_outlive_executor = False
 
     def __init__(self, settings: Settings, command_builder: CommandBuilder | None = None) -> None:
         self._settings = settings
@@ -180,7 +184,8 @@ class LocalDeployer:
         if stale:
             self._stop_later(spec.model_id, model, stale, "command changed")
         if len(model.instances) > replicas:
-            self._stop_later(spec.model_id, model, model.instances[replicas:], "scale down")
+            victims = model.instances[replicas:]
+            self._stop_later(spec.model_id, model, victims, "scale down", drain=True)
         await self._probe(model)
         self._check_start_timeouts(spec.model_id, model)
         if model.failure is None:
@@ -296,15 +301,21 @@ class LocalDeployer:
         victims: list[_Instance],
         reason: str,
         keep: bool = False,
+        drain: bool = False,
     ) -> None:
-        """Take ``victims`` out of service now; a task stops and reaps them."""
+        """Take ``victims`` out of service now; a task stops and reaps them.
+
+        With ``drain``, the task first lets their requests finish: out of the endpoints now,
+        they leave routing, and they are stopped once nothing is connected to them any more
+        (or after ``drain_timeout_s``).
+        """
         victims = list(victims)
         for inst in victims:
             model.instances.remove(inst)
             log_event(logging.INFO, "engine stop", model_id=model_id,
                       instance_id=inst.instance_id, pid=inst.process.pid, port=inst.port,
                       ready=inst.ready, reason=reason, live=len(model.instances))  # fmt: skip
-        task = asyncio.create_task(self._terminate_all(model, victims, keep_logs=keep))
+        task = asyncio.create_task(self._terminate_all(model, victims, keep_logs=keep, drain=drain))
         model.stopping.add(task)
         task.add_done_callback(model.stopping.discard)
 
@@ -317,11 +328,13 @@ class LocalDeployer:
         return not model.unstoppable
 
     async def _terminate_all(
-        self, model: _Model, victims: list[_Instance], keep_logs: bool
+        self, model: _Model, victims: list[_Instance], keep_logs: bool, drain: bool = False
     ) -> None:
         def reaped(inst: _Instance) -> Callable[[], bool]:
             return lambda: inst.process.poll() is not None
 
+        if drain:
+            await asyncio.gather(*(self._drain(i) for i in victims))
         results = await asyncio.gather(*(terminate(i.process.pid, reaped(i)) for i in victims))
         for inst, gone in zip(victims, results, strict=True):
             if not gone:
@@ -333,6 +346,22 @@ class LocalDeployer:
             if not keep_logs:
                 inst.log_path.unlink(missing_ok=True)
 
+    async def _drain(self, inst: _Instance) -> None:
+        """Wait until nothing is connected to ``inst`` any more, within the drain timeout.
+
+        Any engine will do: an open connection to it is a request in flight, or a pooled one
+        that the gateway closes after its keep-alive.
+        """
+        # Routing tables are rebuilt from the endpoints each refresh: let them drop it first.
+        await asyncio.sleep(2 * self._settings.routing_refresh_s)
+        started = time.monotonic()
+        while time.monotonic() - started < self._settings.drain_timeout_s:
+            if not await asyncio.to_thread(_connected, inst.process.pid, inst.port):
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        log_event(logging.INFO, "engine drained", instance_id=inst.instance_id,
+                  waited_s=round(time.monotonic() - started, 1))  # fmt: skip
+
     async def _recover_record(self, path: Path) -> int:
         engine = orphan(path)
         if engine is None:
@@ -342,6 +371,18 @@ class LocalDeployer:
             return 0
         forget(path)
         return 1
+
+
+def _connected(pid: int, port: int) -> bool:
+    """Whether any client is connected to the engine's port."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(
+        c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        for c in connections
+    )
 
 
 async def _healthy(client: httpx.AsyncClient, url: str) -> bool:

@@ -56,7 +56,9 @@ class ModelService:
             slo=Slo(**body.slo.model_dump()),
             description=body.description,
             routing_policy=body.routing_policy or "",
-            replicas=body.min_instance,
+            # At least one to start with, as a user registering a model expects to try it;
+            # a min_instance of 0 lets it scale to zero once idle.
+            replicas=max(body.min_instance, 1),
             status=ModelStatus.DEPLOYING,
             status_msg="waiting for the model-job-executor",
         )

@@ -75,6 +75,15 @@ def test_registered_model_becomes_active_with_min_instances(
     assert got["status_msg"] == ""
 
 
+def test_min_instance_zero_starts_one_and_says_it_may_scale_to_zero(
+    client: TestClient, deployer: FakeDeployer
+) -> None:
+    model = _register(client, min_instance=0, max_instance=2)
+    assert model["min_instance"] == 0 and model["instances"] == 1
+    wait_until(lambda: _status(client, model["id"]) == "ACTIVE")
+    assert deployer.running[model["id"]] == 1
+
+
 def test_get_by_name_and_by_id(client: TestClient) -> None:
     model = _register(client)
     by_name = client.get("/v1/models/DeepSeek-R1-Distill-Qwen-7B")
@@ -194,7 +203,7 @@ def test_duplicate_name_is_409_and_stores_nothing(client: TestClient) -> None:
         ({"type": "gpt-5"}, "type", "available types: DeepSeek-R1-Distill-Llama-70B"),
         ({"resource_type": "amd.com/gpu"}, "resource_type", "huawei.com/ascend-1980"),
         ({"min_instance": 5}, "min_instance", "must not be greater than max_instance"),
-        ({"min_instance": -1}, "min_instance", "greater than or equal to 1"),
+        ({"min_instance": -1}, "min_instance", "greater than or equal to 0"),
         ({"max_instance": -2}, "max_instance", "greater than or equal to 1"),
         ({"max_instance": 9, "min_instance": 1}, "max_instance", "AIF_MAX_INSTANCE_CAP"),
         ({"name": "bad name!"}, "name", "should match pattern"),

@@ -137,14 +137,15 @@ def _completion(body: dict[str, Any], port: int, tokens: int) -> dict[str, Any]:
 
 
 def model_record(name: str, engines: list[ScriptedEngine], **fields: Any) -> ModelRecord:
-    return ModelRecord(
-        name=name, type="QwQ-32B", resource_type="huawei.com/ascend-1980",
-        max_instance=8, min_instance=1, replicas=len(engines), status=ModelStatus.ACTIVE,
-        pvc=Pvc(name="release-models", path="Qwen/QwQ-32B"),
-        slo=Slo(target_time_to_first_token_p95=1000, target_time_per_output_token_p95=20),
-        endpoints=[Endpoint(instance_id=f"i{e.port}", url=e.url) for e in engines],
-        **fields,
-    )  # fmt: skip
+    values: dict[str, Any] = {
+        "name": name, "type": "QwQ-32B", "resource_type": "huawei.com/ascend-1980",
+        "max_instance": 8, "min_instance": 1, "replicas": len(engines),
+        "status": ModelStatus.ACTIVE,
+        "pvc": Pvc(name="release-models", path="Qwen/QwQ-32B"),
+        "slo": Slo(target_time_to_first_token_p95=1000, target_time_per_output_token_p95=20),
+        "endpoints": [Endpoint(instance_id=f"i{e.port}", url=e.url) for e in engines],
+    }  # fmt: skip
+    return ModelRecord(**{**values, **fields})
 
 
 @dataclass

@@ -92,17 +92,42 @@ def test_unknown_model_names_the_available_ones(server: Server) -> None:
     assert name in str(caught.value)
 
 
-def test_model_not_ready_is_503(server_factory: type[Server], tmp_path: Any) -> None:
-    server = server_factory(data_dir=tmp_path / "slow", engine_args=["--startup-delay-s", "30"])
+def test_model_not_ready_within_the_hold_is_503(
+    server_factory: type[Server], tmp_path: Any
+) -> None:
+    server = server_factory(
+        data_dir=tmp_path / "slow",
+        engine_args=["--startup-delay-s", "30"],
+        env={"AIF_HOLD_TIMEOUT_S": "1"},
+    )
     server.start()
     name = _model_name()
     _register(server, name)
     response = httpx.post(
         f"{server.url}/v1/chat/completions",
         json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
     )
     assert response.status_code == 503
-    assert "DEPLOYING" in response.json()["error"]["message"]
+    assert response.headers["retry-after"] == "5"
+    message = response.json()["error"]["message"]
+    assert "no instance ready after 1s" in message and "DEPLOYING" in message
+
+
+def test_a_request_during_a_deploy_is_held_and_served(
+    server_factory: type[Server], tmp_path: Any
+) -> None:
+    server = server_factory(data_dir=tmp_path / "held", engine_args=["--startup-delay-s", "1"])
+    server.start()
+    name = _model_name()
+    _register(server, name)
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 2
 
 
 def test_kill_9_mid_deploy_then_restart_ends_active(
