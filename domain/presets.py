@@ -76,6 +76,8 @@ class ResourceProfile(_Frozen):
     memory_request: str
     memory_limit: str
     env: dict[str, str] = Field(default_factory=dict)
+    # Memory of one card in GB; unset, the resource type's usual card (CARD_MEMORY_GB).
+    accelerator_memory_gb: int | None = Field(default=None, gt=0)
 
     @property
     def accelerators_per_node(self) -> int:

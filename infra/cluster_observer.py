@@ -1,30 +1,31 @@
-"""What a model's deployment looks like in the cluster, and what that means for its phase.
+"""What a model's deployment looks like in the cluster, read with as few API calls as it takes.
 
-Readiness is read from the cluster, not from Pulumi (the objects are not awaited): a
-:class:`ClusterObserver` reports the LeaderWorkerSet's ``readyReplicas``, the pods' states,
-warning events and the weights' PVC (:class:`KubernetesObserver` reads them with the official
-client), and :func:`diagnose` turns a :class:`ClusterSnapshot` of them into a phase and an
-actionable message: a missing PVC, an image that cannot be pulled, a crashing engine, too few
-free accelerators. :func:`model_url` is the address a ready model answers on.
-
-Deciding what to read and when is left to :mod:`infra.pulumi_deployer`, the names of the
-objects to :mod:`infra.manifests`.
+A :class:`ClusterObserver` reports the LeaderWorkerSet (its ``spec.replicas`` and
+``metadata.generation``, ``status.readyReplicas``/``updatedReplicas`` and the
+``UpdateInProgress`` condition), the model's pods (uid, IP, whether the leader of its group,
+its template revision, scheduling, container waits and terminations), the warning events of
+given pods by uid, and the weights' PVC. :class:`KubernetesObserver` reads them with the
+official client. Telling a phase from them is left to :mod:`infra.diagnosis`, deciding when to
+read to :mod:`infra.model_watch`, the names of the objects to :mod:`infra.manifests`.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-from domain.deployment import DeploymentSpec, DeploymentState, Phase
-from domain.records import Endpoint
-from infra.manifests import ENGINE_PORT, k8s_name, service_name
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, V1Pod
+
+# Labels LWS puts on every pod of a group.
+GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+REVISION_LABEL = "leaderworkerset.sigs.k8s.io/template-revision-hash"
+# Where an in-cluster pod finds its own namespace.
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 # --- what the cluster shows --------------------------------------------------------------------
@@ -32,8 +33,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LwsStatus:
-    replicas: int
-    ready_replicas: int
+    replicas: int  # spec.replicas: what the cluster was last told
+    ready_replicas: int  # groups ready, updated or not
+    # Groups on the current template; None where a status does not report it.
+    updated_replicas: int | None = None
+    generation: int = 0  # metadata.generation: bumped by every change of the spec
+    update_in_progress: bool = False  # the UpdateInProgress condition is True
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,15 @@ class PodStatus:
     ready: bool = False
     unschedulable: str = ""  # the scheduler's message while the pod cannot be placed
     problems: tuple[ContainerProblem, ...] = ()
+    uid: str = ""
+    ip: str = ""
+    leader: bool = True  # worker index 0: the pod that serves the group's API
+    revision: str = ""  # the group's template revision (LWS label)
+    scheduled: bool = True  # False while the PodScheduled condition is False
+    terminating: bool = False  # deletionTimestamp set
+    # The last termination of any container, e.g. "vllm: Error, exit code 1".
+    last_termination: str = ""
+    container: str = ""  # the first container's name, for `kubectl logs -c`
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class ClusterEvent:
     object_name: str
     reason: str
     message: str
+    object_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,11 +93,15 @@ class ClusterObserver(Protocol):
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[PodStatus]: ...
 
-    def warning_events(self, namespace: str, object_names: Collection[str]) -> list[ClusterEvent]:
-        """Warning events about the named objects."""
+    def warning_events(self, namespace: str, pod_uids: Collection[str]) -> list[ClusterEvent]:
+        """Warning events about the pods with these uids (not older pods of the same name)."""
         ...
 
     def pvc_exists(self, namespace: str, name: str) -> bool: ...
+
+    def peer_exists(self, pod_name: str) -> bool | None:
+        """Whether a pod of the control plane (another executor) exists; None: cannot tell."""
+        ...
 
     def close(self) -> None: ...
 
@@ -126,11 +145,7 @@ class KubernetesObserver:
             if exc.status == 404:
                 return None
             raise
-        if not isinstance(obj, dict):
-            return None
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
-        return LwsStatus(int(spec.get("replicas", 0)), int(status.get("readyReplicas", 0)))
+        return _lws_status(obj) if isinstance(obj, dict) else None
 
     def pods(self, namespace: str, labels: Mapping[str, str]) -> list[PodStatus]:
         from kubernetes import client
@@ -141,18 +156,23 @@ class KubernetesObserver:
         )
         return [_pod_status(pod) for pod in pod_list.items]
 
-    def warning_events(self, namespace: str, object_names: Collection[str]) -> list[ClusterEvent]:
+    def warning_events(self, namespace: str, pod_uids: Collection[str]) -> list[ClusterEvent]:
+        """One list per pod, selected on the server by its uid: never the whole namespace."""
         from kubernetes import client
 
-        names = set(object_names)
-        event_list = client.CoreV1Api(self._client()).list_namespaced_event(
-            namespace, field_selector="type=Warning", _request_timeout=self._timeout_s
-        )
-        return [
-            ClusterEvent(e.involved_object.name, e.reason or "", e.message or "")
-            for e in event_list.items
-            if e.involved_object.name is not None and e.involved_object.name in names
-        ]
+        api = client.CoreV1Api(self._client())
+        found = []
+        for uid in pod_uids:
+            event_list = api.list_namespaced_event(
+                namespace,
+                field_selector=f"type=Warning,involvedObject.uid={uid}",
+                _request_timeout=self._timeout_s,
+            )
+            found += [
+                ClusterEvent(e.involved_object.name or "", e.reason or "", e.message or "", uid)
+                for e in event_list.items
+            ]
+        return found
 
     def pvc_exists(self, namespace: str, name: str) -> bool:
         from kubernetes import client
@@ -167,6 +187,24 @@ class KubernetesObserver:
             raise
         return True
 
+    def peer_exists(self, pod_name: str) -> bool | None:
+        from kubernetes import client
+
+        if not NAMESPACE_FILE.is_file():
+            return None  # not in a cluster: the control plane's pods cannot be named
+        namespace = NAMESPACE_FILE.read_text(encoding="utf-8").strip()
+        try:
+            client.CoreV1Api(self._client()).read_namespaced_pod(
+                pod_name, namespace, _request_timeout=self._timeout_s
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 403:
+                return None
+            raise
+        return True
+
     def close(self) -> None:
         with self._lock:
             if self._api is not None:
@@ -174,24 +212,35 @@ class KubernetesObserver:
                 self._api = None
 
 
-def _pod_status(pod: V1Pod) -> PodStatus:
-    status = pod.status
-    name = (pod.metadata.name if pod.metadata else None) or ""
-    if status is None:
-        return PodStatus(name=name, phase="Unknown")
-    conditions = {c.type: c for c in status.conditions or []}
-    ready = conditions.get("Ready")
-    scheduled = conditions.get("PodScheduled")
-    unschedulable = ""
-    if scheduled is not None and scheduled.status == "False":
-        unschedulable = scheduled.message or scheduled.reason or "unschedulable"
-    problems = []
-    for container in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+def _lws_status(obj: dict[str, Any]) -> LwsStatus:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    return LwsStatus(
+        replicas=int(spec.get("replicas", 0)),
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        updated_replicas=int(status.get("updatedReplicas", 0)),
+        generation=int((obj.get("metadata") or {}).get("generation", 0)),
+        update_in_progress=conditions.get("UpdateInProgress") == "True",
+    )
+
+
+def _termination(name: str, terminated: Any) -> str:
+    return f"{name}: {terminated.reason or 'Error'}, exit code {terminated.exit_code}"
+
+
+def _container_problems(statuses: list[Any]) -> tuple[tuple[ContainerProblem, ...], str]:
+    """Waiting containers worth reporting, and the latest termination of any container."""
+    problems, last_termination = [], ""
+    for container in statuses:
+        last = container.last_state.terminated if container.last_state else None
+        now = container.state.terminated if container.state else None
+        if now is not None or last is not None:
+            last_termination = _termination(container.name, now or last)
         waiting = container.state.waiting if container.state else None
         if waiting is None or waiting.reason in (None, "ContainerCreating", "PodInitializing"):
             continue
-        last = container.last_state.terminated if container.last_state else None
-        last_exit = f"{last.reason or 'Error'}, exit code {last.exit_code}" if last else ""
+        last_exit = _termination(container.name, last).partition(": ")[2] if last else ""
         problems.append(
             ContainerProblem(
                 container=container.name,
@@ -201,102 +250,46 @@ def _pod_status(pod: V1Pod) -> PodStatus:
                 last_exit=last_exit,
             )
         )
+    return tuple(problems), last_termination
+
+
+def _pod_status(pod: V1Pod) -> PodStatus:
+    status, meta = pod.status, pod.metadata
+    name = (meta.name if meta else None) or ""
+    if status is None:
+        return PodStatus(name=name, phase="Unknown")
+    labels = (meta.labels if meta else None) or {}
+    conditions = {c.type: c for c in status.conditions or []}
+    ready = conditions.get("Ready")
+    scheduled = conditions.get("PodScheduled")
+    unscheduled = scheduled is not None and scheduled.status == "False"
+    unschedulable = ""
+    if scheduled is not None and unscheduled:
+        unschedulable = scheduled.message or scheduled.reason or "unschedulable"
+    statuses = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
+    problems, last_termination = _container_problems(statuses)
+    containers = pod.spec.containers if pod.spec else []
     return PodStatus(
         name=name,
         phase=status.phase or "Unknown",
         ready=ready is not None and ready.status == "True",
         unschedulable=unschedulable,
-        problems=tuple(problems),
+        problems=problems,
+        uid=(meta.uid if meta else None) or "",
+        ip=status.pod_ip or "",
+        leader=labels.get(WORKER_INDEX_LABEL, "0") == "0",
+        revision=labels.get(REVISION_LABEL, ""),
+        scheduled=not unscheduled,
+        terminating=meta is not None and meta.deletion_timestamp is not None,
+        last_termination=last_termination,
+        container=containers[0].name if containers else "",
     )
 
 
-# --- from a snapshot to a phase ---------------------------------------------------------------
-
-_PVC_NOT_FOUND = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
-_IMAGE_PULL_REASONS = frozenset(
-    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
-)
-
-
-def model_url(service: str, namespace: str) -> str:
-    """The model's address inside the cluster: its Service balances over the group leaders."""
-    return f"http://{service}.{namespace}.svc.cluster.local:{ENGINE_PORT}"
-
-
-def diagnose(spec: DeploymentSpec, namespace: str, snapshot: ClusterSnapshot) -> DeploymentState:
-    """The phase of a model's deployment, with a message that says what to do about a failure."""
-    lws_name = k8s_name(spec.name, spec.model_id)
-    ready = snapshot.lws.ready_replicas if snapshot.lws else 0
-    endpoints: tuple[Endpoint, ...] = ()
-    if ready > 0:
-        svc = service_name(lws_name)
-        endpoints = (Endpoint(instance_id=svc, url=model_url(svc, namespace)),)
-
-    def failed(reason: str, message: str) -> DeploymentState:
-        return DeploymentState(Phase.FAILED, ready, endpoints, message, reason)
-
-    pending = [pod for pod in snapshot.pods if pod.phase == "Pending" and not pod.ready]
-    pending_names = {pod.name for pod in pending}
-    scheduler_texts = [(pod.name, pod.unschedulable) for pod in pending if pod.unschedulable]
-    scheduler_texts += [
-        (e.object_name, e.message) for e in snapshot.events if e.object_name in pending_names
-    ]
-    missing = [m.group(1) for _, text in scheduler_texts if (m := _PVC_NOT_FOUND.search(text))]
-    if not snapshot.pvc_exists or spec.pvc.name in missing:
-        return failed(
-            "PvcNotFound",
-            f"PVC '{spec.pvc.name}' not found in namespace '{namespace}': create it and put "
-            f"the weights at {spec.pvc.path}",
-        )
-    for pod in snapshot.pods:
-        for problem in pod.problems:
-            if problem.reason in _IMAGE_PULL_REASONS:
-                return failed(
-                    "ImagePullError",
-                    f"pod {pod.name} cannot pull the image of container {problem.container} "
-                    f"({problem.reason}: {problem.message or 'no details'}): check the image "
-                    "name (AIF_ENGINE_IMAGE overrides the presets') and the nodes' access to "
-                    "its registry",
-                )
-            if problem.reason == "CrashLoopBackOff":
-                last = f", last exit: {problem.last_exit}" if problem.last_exit else ""
-                return failed(
-                    "EngineCrashed",
-                    f"container {problem.container} of pod {pod.name} keeps crashing "
-                    f"({problem.restarts} restarts{last}): see `kubectl logs -n {namespace} "
-                    f"{pod.name} -c {problem.container} --previous`",
-                )
-    needle = f"Insufficient {spec.resource_type}"
-    for pod_name, text in scheduler_texts:
-        if needle in text:
-            return failed(
-                "InsufficientAccelerators",
-                f"pod {pod_name} cannot be scheduled, not enough free {spec.resource_type} "
-                f"({text.strip()}): free accelerators, add nodes, or lower the model's instances",
-            )
-    if snapshot.lws is None:
-        return DeploymentState(Phase.PROGRESSING, 0, (), f"LeaderWorkerSet {lws_name} not found")
-    if ready >= spec.replicas:
-        return DeploymentState(Phase.READY, ready, endpoints)
-    message = f"{ready} of {spec.replicas} instances ready"
-    hint = _progress_hint(snapshot.pods)
-    return DeploymentState(Phase.PROGRESSING, ready, endpoints, f"{message}{hint}")
-
-
-def _progress_hint(pods: Collection[PodStatus]) -> str:
-    for pod in pods:
-        if pod.ready:
-            continue
-        if pod.unschedulable:
-            return f"; pod {pod.name} is not scheduled yet: {pod.unschedulable}"
-        if pod.problems:
-            return f"; pod {pod.name}: {pod.problems[0].reason}"
-        if pod.phase == "Running":
-            return f"; pod {pod.name} is loading the model"
-    return ""
-
-
 __all__ = [
+    "GROUP_INDEX_LABEL",
+    "REVISION_LABEL",
+    "WORKER_INDEX_LABEL",
     "ClusterEvent",
     "ClusterObserver",
     "ClusterSnapshot",
@@ -304,6 +297,4 @@ __all__ = [
     "KubernetesObserver",
     "LwsStatus",
     "PodStatus",
-    "diagnose",
-    "model_url",
 ]

@@ -15,9 +15,10 @@ suffix). LWS itself creates a *headless* Service of that very name for its pods'
 Sizing. How many pods an instance spans and how its cards split into tensor and pipeline
 parallel is decided by :func:`infra.sizing.plan_parallelism`, which raises
 :class:`~infra.sizing.SizingError` (re-exported here) for a preset that cannot fit. Pods of one
-instance are joined by Ray as in vLLM's LWS guide: the leader starts the Ray head and the API
-server, workers join ``$LWS_LEADER_ADDRESS``. The engine's flags come from
-:func:`infra.vllm_args.vllm_args`, shared with local engines; ``--max-model-len`` is always set.
+instance are joined by Ray; how each container starts (Ray, CANN's environment, the
+multi-node Ascend recipe, a block size CUDA accepts) is :mod:`infra.engine_launch`'s. The
+engine's flags come from :func:`infra.vllm_args.vllm_args`, shared with local engines;
+``--max-model-len`` is always set.
 
 Weight cache. With ``ClusterConfig.cache_pvc`` set, the pods copy the weights to that fast
 volume first and the engine reads them from there; the init container that does it is
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 from typing import Any
 
 import yaml
@@ -37,6 +37,10 @@ from domain.deployment import DeploymentSpec
 from domain.presets import Preset, load_presets
 from domain.records import Pvc
 from domain.settings import ClusterConfig
+from infra.engine_launch import (
+    WORKER_SCRIPT as WORKER_SCRIPT,  # the workers' Ray join, for tests and docs
+)
+from infra.engine_launch import ascend_multi_node_env, block_size, extra_engine_args, run_section
 from infra.sizing import Parallelism, plan_parallelism
 from infra.sizing import SizingError as SizingError  # render_model's error, for its callers
 from infra.vllm_args import vllm_args
@@ -56,7 +60,6 @@ VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 MANAGED_BY = "aif"
 ENGINE_PORT = 8000
 PORT_NAME = "http"
-RAY_PORT = 6379
 # LWS names pods, StatefulSets and controller-revision-hash labels (at most 63 characters)
 # after the set, adding group and worker indexes and a 10-character hash.
 LWS_NAME_MAX_CHARS = 45
@@ -66,11 +69,13 @@ STARTUP_TIMEOUT_S = 3600
 STARTUP_PERIOD_S = 10
 # /health shares vLLM's event loop with streaming responses; under load it answers slowly.
 PROBE_TIMEOUT_S = 5
+# Liveness recreates the whole group (RecreateGroupOnPodRestart): only a server that has not
+# answered for two minutes is dead, not one slow /health under a burst of long prompts.
+LIVENESS_PERIOD_S = 15
+LIVENESS_TIMEOUT_S = 10
+LIVENESS_FAILURES = 8
 # NCCL/HCCL and Ray use shared memory between processes of one pod.
 SHM_SIZE = "16Gi"
-# The leader pod of a group pulls the same image as its workers; a cold pull can take minutes.
-RAY_JOIN_TIMEOUT_S = 900
-SINGLE_NODE_COMMAND = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -111,11 +116,14 @@ def _engine_args(spec: DeploymentSpec, preset: Preset, par: Parallelism) -> list
         "--model", model_dir(preset),
         "--served-model-name", spec.name,
         *vllm_args(
-            preset.vllm,
+            preset.vllm.model_copy(
+                update={"block_size": block_size(preset.vllm.block_size, spec.resource_type)}
+            ),
             tensor_parallel=par.tensor_parallel,
             pipeline_parallel=par.pipeline_parallel,
         ),
         "--port", str(ENGINE_PORT),
+        *extra_engine_args(spec.resource_type, par.pipeline_parallel),
         *preset.vllm.extra_args,
     ]  # fmt: skip
     return [kubelet_literal(arg) for arg in args]
@@ -126,28 +134,9 @@ def model_dir(preset: Preset) -> str:
     return f"/workspace/{preset.hf_repo}"
 
 
-def _probe(**timing: int) -> dict[str, Any]:
+def _probe(timeout_s: int = PROBE_TIMEOUT_S, **timing: int) -> dict[str, Any]:
     get = {"path": "/health", "port": ENGINE_PORT}
-    return {"httpGet": get, "timeoutSeconds": PROBE_TIMEOUT_S, **timing}
-
-
-def _leader_script(args: list[str]) -> str:
-    # vLLM's Ray executor waits for the workers' cards to join its placement group.
-    return (
-        f"set -eu\nray start --head --port={RAY_PORT} --disable-usage-stats\n"
-        f"exec {shlex.join([*SINGLE_NODE_COMMAND, *args])}\n"
-    )
-
-
-# A worker whose container exits restarts the whole group, so it waits for the head first.
-WORKER_SCRIPT = f"""set -u
-head="${{LWS_LEADER_ADDRESS}}"
-until (exec 3<>"/dev/tcp/$head/{RAY_PORT}") 2>/dev/null; do
-  [ "$SECONDS" -ge {RAY_JOIN_TIMEOUT_S} ] && {{ echo "no Ray head at $head" >&2; exit 1; }}
-  sleep 5
-done
-exec ray start --address="$head:{RAY_PORT}" --block --disable-usage-stats
-"""
+    return {"httpGet": get, "timeoutSeconds": timeout_s, **timing}
 
 
 def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterConfig) -> Manifest:
@@ -186,7 +175,10 @@ def _container(
         "image": cluster.engine_image or profile.image,
         "imagePullPolicy": "IfNotPresent",
         **run,
-        "env": [{"name": k, "value": kubelet_literal(v)} for k, v in env.items()],
+        "env": [
+            *({"name": k, "value": kubelet_literal(v)} for k, v in env.items()),
+            *ascend_multi_node_env(spec.resource_type, par.nodes),
+        ],
     }
     if serves:
         container["ports"] = [{"name": PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}]
@@ -204,7 +196,9 @@ def _container(
         container["readinessProbe"] = _probe(
             initialDelaySeconds=5, periodSeconds=5, failureThreshold=3
         )
-        container["livenessProbe"] = _probe(periodSeconds=5, failureThreshold=3)
+        container["livenessProbe"] = _probe(
+            LIVENESS_TIMEOUT_S, periodSeconds=LIVENESS_PERIOD_S, failureThreshold=LIVENESS_FAILURES
+        )
     return container
 
 
@@ -249,16 +243,13 @@ def _group_template(
     _, group = _labels(spec, preset, name)
     args = _engine_args(spec, preset, par)
     multi_node = par.nodes > 1
-    if multi_node:
-        run: dict[str, Any] = {"command": ["bash", "-c", _leader_script(args)]}
-    else:
-        run = {"command": SINGLE_NODE_COMMAND, "args": args}
+    run = run_section(spec.resource_type, args, nodes=par.nodes, leader=True)
     leader = _container(spec, preset, par, cluster, run, serves=True)
     leader_meta = _pod_metadata({"xds/instanceType": "head", **group, "role": "leader"}, cluster)
     # LWS makes no workers for a group of size 1.
     worker_template: dict[str, Any] = {"spec": {"containers": []}}
     if multi_node:
-        run = {"command": ["bash", "-c", WORKER_SCRIPT]}
+        run = run_section(spec.resource_type, args, nodes=par.nodes, leader=False)
         worker = _container(spec, preset, par, cluster, run, serves=False)
         worker_template = {
             "metadata": _pod_metadata({"xds/instanceType": "worker", **group}, cluster),

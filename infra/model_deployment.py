@@ -14,7 +14,12 @@ or the LWS (``pulumi.com/waitFor: condition=Available``) would hold the stack's 
 deployer worker for that long and then fail on Pulumi's timeout, not on the model. aif
 watches the LWS status (``readyReplicas``, conditions) itself and reports ``DEPLOYING`` until
 the instances are ready, so a stuck load surfaces as a model status rather than a failed
-update. The same annotation means a destroy returns before the pods have terminated.
+update. The same annotation means a destroy returns before the pods have terminated: the
+deployer waits for the pods itself.
+
+Ownership. Every object also carries ``pulumi.com/patchForce: "true"``: the provider's
+server-side apply then forces conflicts, so when another field manager took a field (a
+``kubectl scale`` owns ``spec.replicas``), the next update takes it back instead of failing.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from infra.manifests import ENGINE_PORT, Manifest, render_model
 
 COMPONENT_TYPE = "aif:index:ModelDeployment"
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+PATCH_FORCE_ANNOTATION = "pulumi.com/patchForce"
 
 
 @dataclass(frozen=True)
@@ -50,13 +56,15 @@ class ModelDeploymentArgs:
 
 
 def _metadata(obj: Manifest) -> ObjectMetaArgs:
-    """The object's metadata, annotated so that Pulumi does not await it (see above)."""
+    """The object's metadata, annotated so that Pulumi neither awaits it nor yields a field
+    to another manager (see above)."""
     meta: dict[str, Any] = obj["metadata"]
+    annotations = {SKIP_AWAIT_ANNOTATION: "true", PATCH_FORCE_ANNOTATION: "true"}
     return ObjectMetaArgs(
         name=meta["name"],
         namespace=meta["namespace"],
         labels=meta.get("labels", {}),
-        annotations={**meta.get("annotations", {}), SKIP_AWAIT_ANNOTATION: "true"},
+        annotations={**meta.get("annotations", {}), **annotations},
     )
 
 

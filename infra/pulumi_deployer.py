@@ -1,23 +1,26 @@
 """``PulumiDeployer``: the Kubernetes runtime, one Pulumi stack per model (Automation API).
 
-Each model is a stack named after its id in the project ``aif-models`` (the install program of
-aif itself is the project ``aif``). The stack's config holds the model's desired spec and
-cluster settings; its inline program (:func:`model_program`) builds the
-:class:`~infra.model_deployment.ModelDeployment` from that config and exports the component's
-outputs plus ``specHash``, a digest of the config and the rendered manifests. ``apply`` runs
-``pulumi up`` only when the desired digest differs from the one the last successful update
-exported, so neither a reconcile pass nor a restarted executor updates a stack needlessly.
+Each model is a stack named after its id in the project ``aif-models`` (:mod:`infra.model_stack`:
+its config, inline program and ``specHash``, a digest of everything but the replicas).
+``apply`` runs a full ``pulumi up`` only when the desired digest differs from the one the last
+successful update exported (or the cluster drifted); when only the replicas differ it *scales*:
+it sets the stack's ``replicas`` and runs ``pulumi up``, with no config rewrite and no refresh.
+Neither a reconcile pass nor a restarted executor updates a stack needlessly.
 
 The CLI is synchronous and slow, so every stack operation runs in a bounded thread pool
 (``settings.pulumi_workers``), at most one per stack. ``apply`` and ``remove`` wait for it only
-briefly (``apply_wait_s``, well under the reconciler's lease) and otherwise report progress
-from the engine's events ("creating LeaderWorkerSet ..."); the next pass picks the result up.
+briefly (``apply_wait_s``) and otherwise report progress from the engine's events; the next
+pass picks the result up. A stack locked by a live holder is not a failure: the model stays
+progressing, says who holds the lock, and the update is tried again after
+:data:`LOCK_RETRY_S`. ``remove`` is done only when the model's pods are gone too (the objects
+are not awaited, so a destroy returns while pods still hold their cards).
 
-Readiness is read from the cluster, not from Pulumi (the objects are not awaited). Left to
-others: running the CLI on a stack, cancelling stale locks and reporting progress to
-:mod:`infra.stacks`; reading the cluster and telling a phase from it to
-:mod:`infra.cluster_observer`; rendering manifests to :mod:`infra.manifests`, applying them to
-:mod:`infra.model_deployment`; retries and statuses to the model-job-executor.
+Readiness is read from the cluster, not from Pulumi, and only as often as
+:mod:`infra.model_watch` allows; an edit of the LeaderWorkerSet by anyone else (its generation
+moved, or its replicas differ) is drift, repaired by ``pulumi up --refresh`` that wins over
+the other field manager (the objects carry ``pulumi.com/patchForce``). Left to others: the CLI
+and locks to :mod:`infra.stacks`; reading the cluster to :mod:`infra.cluster_observer`;
+phases and messages to :mod:`infra.diagnosis`; retries and statuses to the model-job-executor.
 
 Backend: ``settings.pulumi_backend_url`` (``s3://bucket?endpoint=...`` for OBS, credentials in
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` of the executor's
@@ -28,8 +31,6 @@ environment) or ``file://<data_dir>/pulumi-state``; secrets use the passphrase p
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -37,125 +38,42 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-import pulumi
 from pulumi import automation as auto
 
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
-from domain.presets import load_presets
-from domain.records import Pvc
-from domain.settings import ClusterConfig, Settings
-from infra import cluster_settings
-from infra.cluster_observer import ClusterObserver, ClusterSnapshot, KubernetesObserver, diagnose
-from infra.cluster_settings import Lookup
-from infra.manifests import LWS_NAME_LABEL, SizingError, k8s_name, render_model
-from infra.model_deployment import ModelDeployment, ModelDeploymentArgs
+from domain.settings import Settings
+from infra.cluster_observer import ClusterObserver, KubernetesObserver
+from infra.diagnosis import diagnose
+from infra.manifests import k8s_name, label_value
+from infra.model_stack import (
+    PROJECT_NAME,
+    REPLICAS_KEY,
+    SPEC_HASH_KEY,
+    DesiredStack,
+    desired_stack,
+    model_program,
+)
+from infra.model_watch import MIN_INTERVAL_S, ModelWatch, read_snapshot
 from infra.stacks import Progress, StackWorkspace, run_cli
 
 logger = logging.getLogger(__name__)
 
-PROJECT_NAME = "aif-models"
-SPEC_HASH_KEY = "specHash"
-
-
-# --- stack config and the inline program ------------------------------------------------------
-
-
-def _spec_values(spec: DeploymentSpec) -> dict[str, str]:
-    # The generation is left out: it changes nothing rendered, so it must not change the hash.
-    return {
-        "modelId": spec.model_id,
-        "modelName": spec.name,
-        "modelType": spec.type,
-        "resourceType": spec.resource_type,
-        "version": spec.version,
-        "replicas": str(spec.replicas),
-        "pvcName": spec.pvc.name,
-        "pvcPath": spec.pvc.path,
-    }
-
-
-def stack_config(args: ModelDeploymentArgs) -> dict[str, str]:
-    """The stack's config: the spec's fields and every cluster setting, as camelCase keys.
-
-    The cluster settings are generated from ``ClusterConfig`` (:mod:`infra.cluster_settings`),
-    so a new one reaches the stack, and its hash, with no change here.
-    """
-    spec = _spec_values(args.spec)
-    cluster = cluster_settings.stack_values(args.cluster)
-    clash = spec.keys() & cluster.keys()
-    if clash:
-        raise ValueError(f"cluster settings {sorted(clash)} clash with the spec's stack keys")
-    return {**spec, **cluster}
-
-
-def args_from_config(values: Lookup) -> ModelDeploymentArgs:
-    """The inverse of :func:`stack_config` (the generation is not kept: it reads as 0)."""
-
-    def required(key: str) -> str:
-        value = values.get(key)
-        if value is None:
-            raise ValueError(f"stack config {key!r} is missing")
-        return value
-
-    spec = DeploymentSpec(
-        model_id=required("modelId"),
-        name=required("modelName"),
-        type=required("modelType"),
-        resource_type=required("resourceType"),
-        version=values.get("version") or "",
-        replicas=int(required("replicas")),
-        pvc=Pvc(name=required("pvcName"), path=required("pvcPath")),
-        generation=0,
-    )
-    return ModelDeploymentArgs(spec, cluster_settings.from_stack_values(values))
-
-
-def model_program() -> None:
-    """The inline program of every model stack: a ModelDeployment from the stack's config."""
-    config = pulumi.Config()
-    args = args_from_config(config)
-    deployment = ModelDeployment(k8s_name(args.spec.name, args.spec.model_id), args)
-    pulumi.export("lwsName", deployment.lws_name)
-    pulumi.export("serviceName", deployment.service_name)
-    pulumi.export("clusterIp", deployment.cluster_ip)
-    pulumi.export("port", deployment.port)
-    pulumi.export(SPEC_HASH_KEY, config.require(SPEC_HASH_KEY))
+# A stack locked by a live update: how long to wait before trying it again.
+LOCK_RETRY_S = 15.0
+# The label every pod of a model carries (the product's template's), for the pods-gone check.
+MODEL_POD_LABEL = "xds/modelId"
 
 
 @dataclass(frozen=True)
-class DesiredStack:
-    config: dict[str, str]
+class Applied:
     spec_hash: str
-
-
-def desired_stack(spec: DeploymentSpec, cluster: ClusterConfig) -> DesiredStack:
-    """The stack config for ``spec`` and its digest; refuses specs that cannot be rendered."""
-    presets = load_presets()
-    if spec.type not in presets:
-        known = ", ".join(sorted(presets))
-        raise DeployerError(
-            f"no preset for model type {spec.type!r} (known: {known})",
-            reason="UnknownModelType",
-            retryable=False,
-        )
-    try:
-        manifests = render_model(spec, presets[spec.type], cluster)
-    except SizingError as exc:
-        raise DeployerError(str(exc), reason="InvalidSpec", retryable=False) from exc
-    base = stack_config(ModelDeploymentArgs(spec, cluster))
-    # The rendered objects are in the digest, so an aif upgrade that changes them re-applies.
-    text = json.dumps({"config": base, "manifests": manifests}, sort_keys=True)
-    spec_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return DesiredStack({**base, SPEC_HASH_KEY: spec_hash}, spec_hash)
-
-
-# --- the deployer -------------------------------------------------------------------------------
+    replicas: int
 
 
 @dataclass
 class _Operation:
-    kind: Literal["up", "destroy"]
-    future: asyncio.Future[str]
+    kind: Literal["up", "scale", "destroy"]
+    future: asyncio.Future[Applied]
     progress: Progress
 
 
@@ -176,6 +94,7 @@ class PulumiDeployer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cluster = settings.cluster
+        self._observer: ClusterObserver = observer or KubernetesObserver()
         state_dir = (settings.data_dir / "pulumi-state").resolve()
         self._stacks = StackWorkspace(
             PROJECT_NAME,
@@ -190,16 +109,22 @@ class PulumiDeployer:
                 settings.pulumi_stale_lock_s if stale_lock_age_s is None else stale_lock_age_s
             ),
             clock=clock,
+            peer_alive=self._observer.peer_exists,
         )
-        self._observer: ClusterObserver = observer or KubernetesObserver()
+        self._clock = clock
         self._apply_wait_s = settings.pulumi_apply_wait_s if apply_wait_s is None else apply_wait_s
         self._pool = ThreadPoolExecutor(settings.pulumi_workers, thread_name_prefix="pulumi")
         self._locks: dict[str, asyncio.Lock] = {}
         self._operations: dict[str, _Operation] = {}
-        # Digest of the last successful update per model; a restart reads it from the stack.
-        self._applied: dict[str, str] = {}
-        # Models whose objects vanished from the cluster: the next update refreshes first.
+        # What the last successful update applied, per model; a restart reads it from the stack.
+        self._applied: dict[str, Applied] = {}
+        # Models whose objects were changed or deleted by someone else: the next update refreshes.
         self._drifted: set[str] = set()
+        self._watches: dict[str, ModelWatch] = {}
+        # Models whose stack is locked by a live holder: (retry at, message).
+        self._locked: dict[str, tuple[float, str]] = {}
+        # Models destroyed whose pods may still run: when their pods were last looked at.
+        self._destroyed: dict[str, float] = {}
 
     # The Deployer protocol.
 
@@ -207,57 +132,42 @@ class PulumiDeployer:
         desired = desired_stack(spec, self._cluster)
         model_id = spec.model_id
         async with self._lock(model_id):
-            op = self._operations.get(model_id)
-            if op is None and (
-                self._applied.get(model_id) != desired.spec_hash or model_id in self._drifted
-            ):
-                known = self._applied.get(model_id)
-                refresh = model_id in self._drifted
-                op = self._start(
-                    model_id,
-                    "up",
-                    lambda progress: self._up(spec, desired, known, refresh, progress),
-                )
+            op = self._operations.get(model_id) or self._maybe_update(spec, desired)
             if op is not None:
                 if not await self._settle(op):
-                    return DeploymentState(Phase.PROGRESSING, message=op.progress.message)
+                    return self._meanwhile(model_id, op.progress.message)
                 del self._operations[model_id]
                 if op.kind == "destroy":
                     op.future.exception()  # a teardown that raced this apply: start afresh
                     return DeploymentState(Phase.PROGRESSING, message="a teardown just finished")
-                self._applied[model_id] = op.future.result()
+                try:
+                    self._applied[model_id] = op.future.result()
+                except DeployerError as exc:
+                    if exc.reason != "StackLocked":
+                        raise
+                    self._locked[model_id] = (self._clock() + LOCK_RETRY_S, exc.message)
+                    return self._meanwhile(model_id, exc.message)
                 self._drifted.discard(model_id)
-            snapshot = await asyncio.to_thread(self._snapshot, spec)
-            if snapshot.lws is None and op is None:
-                # Applied, yet gone from the cluster (deleted by hand): re-apply with a refresh.
-                logger.warning("drift model=%s: LeaderWorkerSet missing, re-applying", model_id)
-                self._drifted.add(model_id)
-            return diagnose(spec, self._cluster.namespace, snapshot)
+                self._locked.pop(model_id, None)
+                self._watch(model_id, desired, spec).after_update()
+            locked = self._locked.get(model_id)
+            if locked is not None:
+                return self._meanwhile(model_id, locked[1])
+            return await self._observe(spec, desired)
 
     async def remove(self, model_id: str) -> bool:
         async with self._lock(model_id):
-            op = self._operations.get(model_id)
-            if op is not None and op.kind == "up":
-                if not await self._settle(op):
+            if model_id not in self._destroyed:
+                if not await self._destroy_stack(model_id):
                     return False
-                del self._operations[model_id]
-                op.future.exception()  # its outcome no longer matters: the model goes
-                op = None
-            if op is None:
-                op = self._start(model_id, "destroy", lambda p: self._destroy(model_id, p))
-            if not await self._settle(op):
-                return False
-            del self._operations[model_id]
-            op.future.result()
-            self._applied.pop(model_id, None)
-            self._drifted.discard(model_id)
-            return True
+                self._destroyed[model_id] = -float("inf")
+            return await self._pods_gone(model_id)
 
     async def recover(self) -> int:
         """Nothing to sweep at start-up: what a crashed executor left is repaired lazily.
 
         An update it interrupted never exported its digest, so the next ``apply`` runs it
-        again; the lock it left is cancelled when that update meets it (its owner is dead).
+        again; the lock it left is cancelled when that update meets it (its holder is gone).
         """
         return 0
 
@@ -269,6 +179,74 @@ class PulumiDeployer:
         self._pool.shutdown(wait=True)
         await asyncio.to_thread(self._observer.close)
 
+    # Deciding what to run.
+
+    def _maybe_update(self, spec: DeploymentSpec, desired: DesiredStack) -> _Operation | None:
+        model_id = spec.model_id
+        locked = self._locked.get(model_id)
+        if locked is not None and self._clock() < locked[0]:
+            return None
+        applied = self._applied.get(model_id)
+        refresh = model_id in self._drifted
+        if refresh or applied is None or applied.spec_hash != desired.spec_hash:
+            known = None if applied is None else applied.spec_hash
+            return self._start(model_id, "up", lambda p: self._up(spec, desired, known, refresh, p))
+        if applied.replicas != spec.replicas:
+            return self._start(model_id, "scale", lambda p: self._scale(spec, desired, p))
+        self._locked.pop(model_id, None)
+        return None
+
+    def _watch(self, model_id: str, desired: DesiredStack, spec: DeploymentSpec) -> ModelWatch:
+        key = (desired.spec_hash, spec.replicas)
+        now = self._clock()
+        watch = self._watches.get(model_id)
+        if watch is None:
+            watch = self._watches[model_id] = ModelWatch(key, now)
+        elif watch.key != key:
+            watch.restart(key, now)
+        return watch
+
+    def _meanwhile(self, model_id: str, message: str) -> DeploymentState:
+        """Progress while the stack is busy, keeping the instances that serve meanwhile."""
+        watch = self._watches.get(model_id)
+        last = watch.state if watch is not None else None
+        if last is None:
+            return DeploymentState(Phase.PROGRESSING, message=message)
+        return DeploymentState(Phase.PROGRESSING, last.ready_replicas, last.endpoints, message)
+
+    async def _observe(self, spec: DeploymentSpec, desired: DesiredStack) -> DeploymentState:
+        watch = self._watch(spec.model_id, desired, spec)
+        now = self._clock()
+        if watch.state is not None and not watch.due(now):
+            return watch.state
+        lws_name = k8s_name(spec.name, spec.model_id)
+        namespace = self._cluster.namespace
+        try:
+            snapshot = await asyncio.to_thread(
+                read_snapshot, self._observer, namespace, lws_name, spec.pvc.name, watch.pvc_seen
+            )
+        except Exception as exc:
+            logger.warning("cannot read model=%s from the cluster: %s", spec.model_id, exc)
+            raise DeployerError(
+                f"cannot read the cluster: {exc}", reason="ClusterUnreachable"
+            ) from exc
+        crash = watch.history.observe(snapshot.pods)
+        applied = self._applied.get(spec.model_id)
+        drift = watch.drifted(snapshot.lws, applied.replicas) if applied is not None else ""
+        if drift:
+            logger.warning("drift model=%s: %s; re-applying", spec.model_id, drift)
+            self._drifted.add(spec.model_id)
+        state = diagnose(spec, namespace, snapshot, crash)
+        if crash is not None:
+            watch.history.forgive()
+        watch.record(state, snapshot, now)
+        if drift and state.phase is not Phase.FAILED:
+            message = f"re-applying: {drift}"
+            ready, serving = state.ready_replicas, state.endpoints
+            state = DeploymentState(Phase.PROGRESSING, ready, serving, message)
+            watch.due_at = -float("inf")
+        return state
+
     # Operations: at most one per stack, in the pool, outliving the call that started them.
 
     def _lock(self, model_id: str) -> asyncio.Lock:
@@ -277,10 +255,10 @@ class PulumiDeployer:
     def _start(
         self,
         model_id: str,
-        kind: Literal["up", "destroy"],
-        work: Callable[[Progress], str],
+        kind: Literal["up", "scale", "destroy"],
+        work: Callable[[Progress], Applied],
     ) -> _Operation:
-        progress = Progress(f"pulumi {kind}")
+        progress = Progress("pulumi up" if kind == "scale" else f"pulumi {kind}")
         future = asyncio.get_running_loop().run_in_executor(self._pool, work, progress)
         op = _Operation(kind, future, progress)
         self._operations[model_id] = op
@@ -290,25 +268,44 @@ class PulumiDeployer:
         done, _ = await asyncio.wait({op.future}, timeout=self._apply_wait_s)
         return bool(done)
 
-    def _snapshot(self, spec: DeploymentSpec) -> ClusterSnapshot:
-        """What the cluster shows of the model; only the LWS while every instance is ready."""
-        namespace = self._cluster.namespace
-        lws_name = k8s_name(spec.name, spec.model_id)
+    async def _destroy_stack(self, model_id: str) -> bool:
+        """Run (or collect) the model's destroy; True once it has succeeded."""
+        op = self._operations.get(model_id)
+        if op is not None and op.kind != "destroy":
+            if not await self._settle(op):
+                return False
+            del self._operations[model_id]
+            op.future.exception()  # its outcome no longer matters: the model goes
+            op = None
+        if op is None:
+            op = self._start(model_id, "destroy", lambda p: self._destroy(model_id, p))
+        if not await self._settle(op):
+            return False
+        del self._operations[model_id]
+        op.future.result()
+        for state in (self._applied, self._watches, self._locked):
+            state.pop(model_id, None)
+        self._drifted.discard(model_id)
+        return True
+
+    async def _pods_gone(self, model_id: str) -> bool:
+        """Whether the destroyed model's pods have terminated (read at most every few s)."""
+        now = self._clock()
+        if now - self._destroyed[model_id] < MIN_INTERVAL_S:
+            return False
+        self._destroyed[model_id] = now
+        labels = {MODEL_POD_LABEL: label_value(model_id)}
         try:
-            lws = self._observer.leader_worker_set(namespace, lws_name)
-            if lws is not None and lws.ready_replicas >= spec.replicas:
-                return ClusterSnapshot(lws)
-            pods = self._observer.pods(namespace, {LWS_NAME_LABEL: lws_name})
-            pending = [pod.name for pod in pods if pod.phase == "Pending"]
-            # Scheduling failures are told by events: listed only when a pod waits for a node.
-            events = self._observer.warning_events(namespace, pending) if pending else []
-            pvc_exists = self._observer.pvc_exists(namespace, spec.pvc.name)
+            pods = await asyncio.to_thread(self._observer.pods, self._cluster.namespace, labels)
         except Exception as exc:
-            logger.warning("cannot read model=%s from the cluster: %s", spec.model_id, exc)
             raise DeployerError(
                 f"cannot read the cluster: {exc}", reason="ClusterUnreachable"
             ) from exc
-        return ClusterSnapshot(lws, tuple(pods), tuple(events), pvc_exists)
+        if pods:
+            logger.info("model=%s destroyed; %d pods still terminating", model_id, len(pods))
+            return False
+        del self._destroyed[model_id]
+        return True
 
     # The CLI, in worker threads.
 
@@ -319,14 +316,17 @@ class PulumiDeployer:
         known_hash: str | None,
         refresh: bool,
         progress: Progress,
-    ) -> str:
+    ) -> Applied:
         stack = self._stacks.stack(spec.model_id, create=True)
         if known_hash is None and not refresh:
             outputs = run_cli(lambda: stack.outputs(), "UpdateFailed")
             applied = outputs.get(SPEC_HASH_KEY)
+            replicas = outputs.get(REPLICAS_KEY)
             if applied is not None and applied.value == desired.spec_hash:
-                logger.info("stack current model=%s hash=%s", spec.model_id, desired.spec_hash)
-                return desired.spec_hash
+                if replicas is not None and int(replicas.value) == spec.replicas:
+                    logger.info("stack current model=%s hash=%s", spec.model_id, applied.value)
+                    return Applied(desired.spec_hash, spec.replicas)
+                return self._scale(spec, desired, progress, stack)
             known_hash = str(applied.value) if applied is not None else None
         logger.info(
             "pulumi up model=%s name=%s type=%s resource_type=%s replicas=%d pvc=%s/%s "
@@ -337,6 +337,26 @@ class PulumiDeployer:
         config = {key: auto.ConfigValue(value) for key, value in desired.config.items()}
         run_cli(lambda: stack.set_all_config(config), "UpdateFailed")
         progress.message = "pulumi up: running the program"
+        self._run_up(stack, progress, refresh)
+        return Applied(desired.spec_hash, spec.replicas)
+
+    def _scale(
+        self,
+        spec: DeploymentSpec,
+        desired: DesiredStack,
+        progress: Progress,
+        stack: auto.Stack | None = None,
+    ) -> Applied:
+        """Only the replicas changed: set that one key and update, as a scale."""
+        stack = stack or self._stacks.stack(spec.model_id, create=True)
+        logger.info("pulumi up (scale) model=%s replicas=%d", spec.model_id, spec.replicas)
+        value = auto.ConfigValue(str(spec.replicas))
+        run_cli(lambda: stack.set_config(REPLICAS_KEY, value), "UpdateFailed")
+        progress.message = f"pulumi up: scaling to {spec.replicas} instances"
+        self._run_up(stack, progress, refresh=False)
+        return Applied(desired.spec_hash, spec.replicas)
+
+    def _run_up(self, stack: auto.Stack, progress: Progress, refresh: bool) -> None:
         self._stacks.unlocked(
             stack,
             lambda: stack.up(
@@ -347,15 +367,15 @@ class PulumiDeployer:
             ),
             "UpdateFailed",
         )
-        return desired.spec_hash
 
-    def _destroy(self, model_id: str, progress: Progress) -> str:
+    def _destroy(self, model_id: str, progress: Progress) -> Applied:
+        gone = Applied("", 0)
         try:
             stack = self._stacks.stack(model_id, create=False)
         except auto.StackNotFoundError:
             logger.info("pulumi destroy model=%s: no stack, nothing to remove", model_id)
             self._stacks.remove_work_dir(model_id)
-            return ""
+            return gone
         logger.info("pulumi destroy model=%s", model_id)
         self._stacks.unlocked(
             stack,
@@ -369,11 +389,13 @@ class PulumiDeployer:
             stack, lambda: stack.workspace.remove_stack(model_id), "DestroyFailed"
         )
         self._stacks.remove_work_dir(model_id)
-        return ""
+        return gone
 
 
 __all__ = [
+    "LOCK_RETRY_S",
     "PROJECT_NAME",
     "PulumiDeployer",
+    "desired_stack",
     "model_program",
 ]

@@ -9,7 +9,8 @@ at once and returns a :class:`Parallelism`, or raises :class:`SizingError` namin
 
 Pure functions of a preset and the cluster's cards per node; nothing here renders objects or
 talks to a cluster. Turning a plan into pods (and the Ray launch that joins them) is left to
-:mod:`infra.manifests`; the cards' memory sizes come from :data:`domain.presets.CARD_MEMORY_GB`.
+:mod:`infra.manifests`. A card's memory is the profile's ``accelerator_memory_gb``, else the
+usual card of its resource type (:data:`domain.presets.CARD_MEMORY_GB`).
 """
 
 from __future__ import annotations
@@ -82,17 +83,27 @@ def memory_required_gb(preset: Preset, cards: int) -> float:
     return arch.weights_gb + kv_gb + ACTIVATION_HEADROOM_GB_PER_CARD * cards
 
 
-def memory_available_gb(resource_type: str, cards: int, vllm: VllmArgs) -> float:
-    return cards * CARD_MEMORY_GB[resource_type] * vllm.gpu_memory_utilization
+def card_memory_gb(profile: ResourceProfile, resource_type: str) -> int:
+    """One card's memory: what the profile says, else the resource type's usual card."""
+    return profile.accelerator_memory_gb or CARD_MEMORY_GB[resource_type]
+
+
+def memory_available_gb(
+    resource_type: str, cards: int, vllm: VllmArgs, card_gb: int | None = None
+) -> float:
+    per_card = card_gb or CARD_MEMORY_GB[resource_type]
+    return cards * per_card * vllm.gpu_memory_utilization
 
 
 def check_memory(preset: Preset, resource_type: str) -> None:
-    cards = preset.profile(resource_type).accelerators
+    profile = preset.profile(resource_type)
+    cards = profile.accelerators
+    card_gb = card_memory_gb(profile, resource_type)
     need = memory_required_gb(preset, cards)
-    have = memory_available_gb(resource_type, cards, preset.vllm)
+    have = memory_available_gb(resource_type, cards, preset.vllm, card_gb)
     if need > have:
         raise SizingError(
-            f"{preset.name} on {cards} x {resource_type}: needs {need:.1f} GB "
+            f"{preset.name} on {cards} x {resource_type} of {card_gb} GB: needs {need:.1f} GB "
             f"(weights, KV cache for max_model_len={preset.vllm.max_model_len}, activations) "
             f"but gpu_memory_utilization={preset.vllm.gpu_memory_utilization} leaves {have:.1f} GB"
         )

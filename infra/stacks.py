@@ -4,8 +4,12 @@
 the passphrase secrets provider, and runs CLI calls on it, turning the CLI's errors into
 :class:`~domain.deployment.DeployerError` with its last meaningful line (:func:`cli_message`).
 A stack locked by a live update raises ``DeployerError(reason="StackLocked")`` for the caller
-to retry; a lock whose owner is known dead (its pid gone on this host, or older than
-``stale_lock_age_s`` when held from another host) is cancelled and the call run once more.
+to retry; a lock whose owner is known dead is cancelled and the call run once more. The lock
+names its holder's host, which for an executor is its pod: on this host the holder is dead
+when its pid is gone or belongs to a process started after the lock (a restarted container);
+from another host, when ``peer_alive`` says that pod no longer exists (an executor killed in
+an update and replaced by a pod of another name). Only when the cluster cannot tell is a lock
+older than ``stale_lock_age_s`` taken as abandoned.
 :class:`Progress` keeps the latest thing an operation reported, from the engine's events.
 
 Every call runs the synchronous, slow CLI: callers run them in worker threads. What a stack
@@ -146,6 +150,7 @@ class StackWorkspace:
         pulumi_command: auto.PulumiCommand | None,
         stale_lock_age_s: float,
         clock: Callable[[], float],
+        peer_alive: Callable[[str], bool | None] = lambda host: None,
     ) -> None:
         self._project_name = project_name
         self._program = program
@@ -157,6 +162,7 @@ class StackWorkspace:
         self._command_lock = threading.Lock()
         self._stale_lock_age_s = stale_lock_age_s
         self._clock = clock
+        self._peer_alive = peer_alive
 
     def stack(self, name: str, *, create: bool) -> auto.Stack:
         """The stack ``name``; raises ``auto.StackNotFoundError`` if absent and not ``create``."""
@@ -236,9 +242,22 @@ class StackWorkspace:
 
     def _owner_dead(self, owner: LockOwner) -> bool:
         if owner.host == socket.gethostname():
-            return not psutil.pid_exists(owner.pid)
-        # Another host's processes cannot be seen: only age tells its lock is abandoned.
+            return not _alive_since(owner.pid, owner.created_at)
+        alive = self._peer_alive(owner.host)
+        if alive is not None:
+            return not alive
+        # The cluster cannot tell (not in one, no grant): only age tells a lock is abandoned.
         return self._clock() - owner.created_at > self._stale_lock_age_s
+
+
+def _alive_since(pid: int, created_at: float) -> bool:
+    """Whether ``pid`` is a process that was already running when the lock was taken."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return psutil.pid_exists(pid)
+    # The lock's time has whole seconds; a pid reused after a restart started later.
+    return started <= created_at + 1
 
 
 __all__ = [

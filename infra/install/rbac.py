@@ -4,7 +4,9 @@ Only the model-job-executor talks to the Kubernetes API: it runs ``pulumi up`` o
 stack (LeaderWorkerSet, Service, PodMonitor) and reads what readiness and failure messages are
 made of (:mod:`infra.cluster_observer`: the LWS, pods, events, the weights' PVC). So its
 service account, :data:`EXECUTOR_SERVICE_ACCOUNT`, is bound to one Role in the models namespace
-and nothing else. The other roles run as :data:`SERVICE_ACCOUNT`, which has no grants and no
+and, in the control plane's own namespace, to :data:`PEERS_ROLE`: ``get`` on pods, so that a
+stack lock left by an executor pod that no longer exists is cancelled at once (the lock names
+its holder's pod). The other roles run as :data:`SERVICE_ACCOUNT`, which has no grants and no
 token. Nothing reads nodes or endpoint slices, so nothing is granted on them (no ClusterRole at
 all). Which pods mount a token is left to :mod:`infra.install.roles`.
 """
@@ -24,6 +26,8 @@ SERVICE_ACCOUNT = "aif"
 # The model-job-executor's own account, the only one bound to anything.
 EXECUTOR_SERVICE_ACCOUNT = "aif-model-job-executor"
 MODELS_ROLE = "aif-models"
+# In the control plane's namespace: whether the executor pod holding a stack lock still exists.
+PEERS_ROLE = "aif-executor-peers"
 
 _READ = ["get", "list", "watch"]
 _MANAGE = [*_READ, "create", "update", "patch", "delete"]
@@ -55,6 +59,8 @@ class Rbac:
     executor_service_account: k8s.core.v1.ServiceAccount
     role: k8s.rbac.v1.Role
     role_binding: k8s.rbac.v1.RoleBinding
+    peers_role: k8s.rbac.v1.Role
+    peers_binding: k8s.rbac.v1.RoleBinding
 
 
 def build_rbac(
@@ -76,17 +82,33 @@ def build_rbac(
         metadata=meta(EXECUTOR_SERVICE_ACCOUNT, config.namespace, "model-job-executor"),
         opts=after_ns,
     )
-    role = k8s.rbac.v1.Role(
-        MODELS_ROLE,
-        metadata=meta(MODELS_ROLE, config.models_namespace, "control-plane"),
-        rules=rbac_rules(),
-        opts=models_opts,
+    role, role_binding = _bound_role(
+        MODELS_ROLE, config.models_namespace, rbac_rules(), config, executor_account, models_opts
     )
-    role_binding = k8s.rbac.v1.RoleBinding(
-        MODELS_ROLE,
-        metadata=meta(MODELS_ROLE, config.models_namespace, "control-plane"),
+    peers = [k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["pods"], verbs=["get"])]
+    peers_role, peers_binding = _bound_role(
+        PEERS_ROLE, config.namespace, peers, config, executor_account, after_ns
+    )
+    return Rbac(service_account, executor_account, role, role_binding, peers_role, peers_binding)
+
+
+def _bound_role(
+    name: str,
+    namespace: str,
+    rules: list[k8s.rbac.v1.PolicyRuleArgs],
+    config: InstallConfig,
+    executor_account: k8s.core.v1.ServiceAccount,
+    opts: pulumi.ResourceOptions,
+) -> tuple[k8s.rbac.v1.Role, k8s.rbac.v1.RoleBinding]:
+    """A Role in ``namespace`` and its binding to the model-job-executor's account."""
+    role = k8s.rbac.v1.Role(
+        name, metadata=meta(name, namespace, "control-plane"), rules=rules, opts=opts
+    )
+    binding = k8s.rbac.v1.RoleBinding(
+        name,
+        metadata=meta(name, namespace, "control-plane"),
         role_ref=k8s.rbac.v1.RoleRefArgs(
-            api_group="rbac.authorization.k8s.io", kind="Role", name=MODELS_ROLE
+            api_group="rbac.authorization.k8s.io", kind="Role", name=name
         ),
         subjects=[
             k8s.rbac.v1.SubjectArgs(
@@ -94,10 +116,17 @@ def build_rbac(
             )
         ],
         opts=pulumi.ResourceOptions.merge(
-            models_opts, pulumi.ResourceOptions(depends_on=[role, executor_account])
+            opts, pulumi.ResourceOptions(depends_on=[role, executor_account])
         ),
     )
-    return Rbac(service_account, executor_account, role, role_binding)
+    return role, binding
 
 
-__all__ = ["EXECUTOR_SERVICE_ACCOUNT", "SERVICE_ACCOUNT", "Rbac", "build_rbac", "rbac_rules"]
+__all__ = [
+    "EXECUTOR_SERVICE_ACCOUNT",
+    "PEERS_ROLE",
+    "SERVICE_ACCOUNT",
+    "Rbac",
+    "build_rbac",
+    "rbac_rules",
+]

@@ -17,7 +17,7 @@ from domain.settings import ClusterConfig, Settings
 from infra import cluster_settings
 from infra.install import InstallConfigError, settings_env
 from infra.model_deployment import ModelDeploymentArgs
-from infra.pulumi_deployer import args_from_config, desired_stack, stack_config
+from infra.model_stack import args_from_config, desired_stack, stack_config
 from tests.infra.test_install_program import from_config, install, local_storage
 
 EVERY_FIELD = ClusterConfig(

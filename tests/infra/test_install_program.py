@@ -239,11 +239,19 @@ def granted(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return found
 
 
+ROLE = "kubernetes:rbac.authorization.k8s.io/v1:Role"
+
+
 def test_rbac_covers_exactly_what_aif_touches() -> None:
     installed = install(local_storage(cluster=ClusterConfig(namespace="llm")))
 
-    [role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
-    assert role["metadata"]["namespace"] == "llm"
+    roles = {r["metadata"]["namespace"]: r for r in installed.of_type(ROLE)}
+    assert set(roles) == {"llm", "kube-system"}
+    role = roles["llm"]
+    # In its own namespace, the executor may only look up a pod by name: a lock's holder.
+    assert roles["kube-system"]["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    ]
 
     namespaced = granted(role["rules"])
     assert set(namespaced) == {
@@ -261,11 +269,14 @@ def test_rbac_covers_exactly_what_aif_touches() -> None:
     for rule in role["rules"]:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
 
-    [binding] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": EXECUTOR_SERVICE_ACCOUNT, "namespace": "kube-system"}
-    ]
+    bindings = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
+    assert {b["roleRef"]["name"] for b in bindings} == {
+        r["metadata"]["name"] for r in roles.values()
+    }
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": EXECUTOR_SERVICE_ACCOUNT, "namespace": "kube-system"}
+        ]
 
 
 def test_nothing_is_granted_on_nodes_or_endpoint_slices() -> None:
@@ -274,8 +285,9 @@ def test_nothing_is_granted_on_nodes_or_endpoint_slices() -> None:
     # Nothing in aif reads nodes: no cluster-scoped grant at all.
     assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole") == []
     assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding") == []
-    [role] = installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
-    resources = {resource for _, resource in granted(role["rules"])}
+    resources = {
+        resource for role in installed.of_type(ROLE) for _, resource in granted(role["rules"])
+    }
     assert resources.isdisjoint({"nodes", "endpointslices", "endpoints"})
 
 
@@ -321,7 +333,7 @@ def test_only_the_model_job_executor_holds_a_token_and_the_account_with_grants()
         for binding in installed.of_type(f"kubernetes:rbac.authorization.k8s.io/v1:{kind}")
         for subject in binding["subjects"]
     ]
-    assert subjects == [EXECUTOR_SERVICE_ACCOUNT]
+    assert set(subjects) == {EXECUTOR_SERVICE_ACCOUNT}
 
 
 def container(installed: Installed, role: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from domain.deployment import DeploymentSpec
 from domain.presets import SUPPORTED_RESOURCE_TYPES, Preset, load_presets
 from domain.records import Pvc
 from domain.settings import ClusterConfig, Settings
+from infra.engine_launch import ASCEND_PRELUDE, leader_script, run_section
 from infra.manifests import (
     LWS_NAME_MAX_CHARS,
     WORKER_SCRIPT,
@@ -502,7 +503,95 @@ def test_cluster_config_from_settings() -> None:
 # --- the pods' scripts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", [CACHE_SCRIPT, WORKER_SCRIPT], ids=["cache", "worker"])
+ASCEND = "huawei.com/ascend-1980"
+SCRIPTS = {
+    "cache": CACHE_SCRIPT,
+    "worker": WORKER_SCRIPT,
+    "leader": leader_script(["--model", "/m"], 2),
+    "ascend-prelude": ASCEND_PRELUDE,
+    "ascend-single-node": run_section(ASCEND, ["-m"], nodes=1, leader=True)["command"][2],
+    "ascend-worker": run_section(ASCEND, [], nodes=2, leader=False)["command"][2],
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS.values()), ids=list(SCRIPTS))
 def test_scripts_are_valid_bash_without_kubelet_expansions(script: str) -> None:
     subprocess.run(["bash", "-n", "-c", script], check=True)
     assert "$(" not in script  # the kubelet would try to expand $(...) itself
+
+
+# --- per accelerator -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset_name", list(PRESETS))
+def test_nvidia_renders_a_block_size_cuda_supports(preset_name: str) -> None:
+    preset = PRESETS[preset_name]
+    for cluster in CLUSTERS.values():
+        lws = render_model(make_spec(preset, "nvidia.com/gpu"), preset, cluster)[0]
+        assert int(flag(engine_args(lws), "--block-size")) <= 32
+    ascend = render_model(make_spec(preset, ASCEND), preset, ClusterConfig())[0]
+    assert flag(engine_args(ascend), "--block-size") == str(preset.vllm.block_size)
+
+
+def test_single_node_ascend_sources_canns_environment_and_keeps_the_flags_as_args() -> None:
+    preset = PRESETS["DeepSeek-R1-Distill-Qwen-7B"]
+    lws = render_model(make_spec(preset, ASCEND), preset, ClusterConfig())[0]
+    container = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+    bash, dash_c, script, dashes = container["command"]
+    assert (bash, dash_c, dashes) == ("bash", "-c", "--")
+    assert '. "$f"' in script and "ascend-toolkit/set_env.sh" in script
+    assert script.rstrip().endswith('exec python3 -m vllm.entrypoints.openai.api_server "$@"')
+    assert flag(container["args"], "--served-model-name") == preset.name
+    nvidia = render_model(make_spec(preset, "nvidia.com/gpu"), preset, ClusterConfig())[0]
+    gpu = nvidia["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+    assert gpu["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_multi_node_ascend_renders_vllm_ascends_ray_recipe() -> None:
+    preset = PRESETS["Qwen2.5-72B-Instruct"]
+    cluster = ClusterConfig(max_accelerators_per_node=2)
+    lws = render_model(make_spec(preset, ASCEND), preset, cluster)[0]
+    lwt = lws["spec"]["leaderWorkerTemplate"]
+    assert lwt["size"] == 2
+    for role in ("leaderTemplate", "workerTemplate"):
+        (container,) = lwt[role]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES"]["value"] == "1"
+        assert env["HCCL_IF_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        for name in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
+            assert env[name]["value"] == "eth0"
+        assert "ascend-toolkit/set_env.sh" in container["command"][2]
+    script = lwt["leaderTemplate"]["spec"]["containers"][0]["command"][2]
+    # The leader starts the API server only once both pods' Ray nodes have joined.
+    assert (
+        script.index("ray start --head")
+        < script.index("ray.nodes()")
+        < script.index("exec python3 -m vllm")
+    )
+    assert "ray.nodes()" in script and "' 2; do" in script
+    args = engine_args(lws)
+    assert flag(args, "--pipeline-parallel-size") == "2"
+    assert "--enforce-eager" in args
+    gpu = render_model(make_spec(preset, "nvidia.com/gpu"), preset, cluster)[0]
+    gpu_env = gpu["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["env"]
+    assert "HCCL_IF_IP" not in {e["name"] for e in gpu_env}
+    assert "--enforce-eager" not in engine_args(gpu)
+
+
+def test_one_slow_health_check_does_not_recreate_a_group() -> None:
+    preset = PRESETS["QwQ-32B"]
+    lws = render_model(make_spec(preset, ASCEND), preset, ClusterConfig())[0]
+    container = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 120
+    assert live["failureThreshold"] >= 3 and live["timeoutSeconds"] >= 10
+
+
+def test_card_memory_comes_from_the_preset() -> None:
+    preset = PRESETS["DeepSeek-R1-Distill-Llama-70B"]
+    profile = preset.profile("nvidia.com/gpu")
+    assert profile.accelerator_memory_gb == 80
+    small_cards = profile.model_copy(update={"accelerator_memory_gb": 40})
+    on_40gb = preset.model_copy(update={"resources": {"nvidia.com/gpu": small_cards}})
+    with pytest.raises(SizingError, match="of 40 GB: needs"):
+        check_memory(on_40gb, "nvidia.com/gpu")
