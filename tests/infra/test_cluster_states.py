@@ -131,20 +131,24 @@ async def test_an_old_scheduling_event_does_not_fail_a_pod_that_now_pulls_its_im
     assert f"pod {env.pod(0)} is loading the model" in record.status_msg
 
 
-async def test_partial_capacity_serves_what_runs_and_fails_with_what_to_do(env: Env) -> None:
+async def test_partial_capacity_stays_active_on_what_runs_and_says_what_waits(env: Env) -> None:
     await env.passes()
     env.cluster.ready(env.pod(0))
     env.cluster.unschedulable(env.pod(1), NO_NODE)
     record = await env.passes(step_s=3.0)
 
     assert record.status_code == "InsufficientAccelerators"
-    assert "(attempt 1 of 5" in record.status_msg
+    assert record.status is ModelStatus.ACTIVE
     assert [e.instance_id for e in record.endpoints] == [env.pod(0)]  # still serving
+    # Past every retry the model keeps serving on what runs, and keeps saying what waits.
     record = await env.passes(60, step_s=1.0)
-    assert record.status is ModelStatus.FAILED
-    assert record.status_msg.startswith(f"pod {env.pod(1)} cannot be scheduled, not enough free")
+    assert record.status is ModelStatus.ACTIVE
+    assert record.status_msg.startswith(
+        f"1/2 instances ready; 1 waiting: pod {env.pod(1)} cannot be scheduled, not enough free"
+    )
     assert "free accelerators, add nodes, or lower the model's instances" in record.status_msg
     assert record.ready_instances == 1
+    assert [e.instance_id for e in record.endpoints] == [env.pod(0)]
 
 
 async def test_a_crash_loop_shows_from_group_recreations_and_points_at_the_logs(
