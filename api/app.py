@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
@@ -67,6 +68,25 @@ def build_deployer(settings: Settings) -> Deployer:
     return LocalDeployer(settings)
 
 
+class AifApp(FastAPI):
+    """FastAPI, with the inference routes served ahead of its middleware stack.
+
+    Those two routes are the hot path: each chunk of an answer would otherwise pass through
+    every middleware's ``send`` wrapper. They check their own body limit and answer their own
+    errors (:class:`api.routes.chat.InferenceEndpoint`); every other route is FastAPI's.
+    """
+
+    inference: dict[str, ASGIApp]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.inference.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     roles: frozenset[Role] = ALL_ROLES,
@@ -74,7 +94,7 @@ def create_app(
     store: ModelStore | None = None,
     deployer_factory: Callable[[Settings], Deployer] = build_deployer,
 ) -> FastAPI:
-    app = FastAPI(
+    app = AifApp(
         title="aif",
         summary="Register, deploy, scale and serve large language models.",
         version="0.1.0",
@@ -83,12 +103,15 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limits=body_limits(settings))
     app.state.registry = CollectorRegistry()
+    app.inference = {}
     app.include_router(health.router)
     app.include_router(metrics.router)
     if Role.FRONTEND in roles:
         app.include_router(models.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
-        app.router.routes.extend(chat.routes)
+        served = chat.endpoints(app.state, body_limits(settings).inference)
+        app.inference = dict(served)
+        app.router.routes.extend(chat.routes(served))
         app.openapi_schema = chat.document(app.openapi())
     return app
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge, error_body
+from api.errors import PayloadTooLarge
 from domain.settings import Settings
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -43,14 +43,16 @@ def body_limits(settings: Settings) -> BodyLimits:
     )
 
 
-def _refusal(limit: BodyLimit) -> JSONResponse:
-    exc = PayloadTooLarge(
+def payload_too_large(limit: BodyLimit) -> PayloadTooLarge:
+    return PayloadTooLarge(
         f"request body is larger than {limit.max_bytes} bytes, this endpoint's limit "
         f"({limit.setting})"
     )
-    return JSONResponse(
-        error_body(exc.message, exc.error_type, exc.status_code), status_code=exc.status_code
-    )
+
+
+def _refusal(limit: BodyLimit) -> JSONResponse:
+    exc = payload_too_large(limit)
+    return JSONResponse(exc.body(), status_code=exc.status_code)
 
 
 class BodySizeLimit:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.routing import Route
@@ -18,19 +19,27 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import AifError, InvalidRequest, MalformedBody
 from api.frontend import Inference
+from api.middleware import INFERENCE_PATHS, BodyLimit, payload_too_large
 from api.relay import Exchange
 
-INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions")
+logger = logging.getLogger(__name__)
 
 
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client left (or its body was refused)."""
-    chunks = []
+async def read_body(scope: Scope, receive: Receive, limit: BodyLimit) -> bytes | None:
+    """The whole request body, or None when the client left; PayloadTooLarge past ``limit``."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit.max_bytes:
+            raise payload_too_large(limit)
+    chunks, received = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit.max_bytes:
+            raise payload_too_large(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -46,16 +55,22 @@ def parse_request(body: bytes) -> dict[str, Any]:
 
 
 class InferenceEndpoint:
-    """The ASGI app of one inference route."""
+    """The ASGI app of one inference route; ``state.inference`` serves it.
 
-    def __init__(self, path: str) -> None:
+    It answers every error itself, in the API's words: it runs ahead of the framework's
+    middleware (see :class:`api.app.AifApp`), where nothing else would.
+    """
+
+    def __init__(self, path: str, state: Any, limit: BodyLimit) -> None:
         self.path = path
+        self._state = state
+        self._limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        inference: Inference = scope["app"].state.inference
+        inference: Inference = self._state.inference
         exchange = Exchange(scope, receive, send)
         try:
-            body = await read_body(receive)
+            body = await read_body(scope, receive, self._limit)
             if body is None:
                 return
             request = parse_request(body)
@@ -63,6 +78,9 @@ class InferenceEndpoint:
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
             await exchange.answer_error(error)
+        except Exception:
+            logger.exception("inference request failed path=%s", self.path)
+            await exchange.answer_error(AifError("internal error; the server log has the cause"))
         except asyncio.CancelledError:
             if not exchange.gone:
                 raise
@@ -74,7 +92,13 @@ class InferenceEndpoint:
             exchange.finish()
 
 
-routes = [Route(path, InferenceEndpoint(path), methods=["POST"]) for path in INFERENCE_PATHS]
+def endpoints(state: Any, limit: BodyLimit) -> dict[str, InferenceEndpoint]:
+    return {path: InferenceEndpoint(path, state, limit) for path in INFERENCE_PATHS}
+
+
+def routes(served: dict[str, InferenceEndpoint]) -> list[Route]:
+    """The same endpoints as framework routes: a wrong method gets its 405 there."""
+    return [Route(path, endpoint, methods=["POST"]) for path, endpoint in served.items()]
 
 
 def _operation(path: str) -> dict[str, Any]:
