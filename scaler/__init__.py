@@ -1,20 +1,21 @@
 """The task-executor-manager: keeps each model's p95 latency under its SLO within its bounds.
 
-- :mod:`scaler.metrics`: where latency percentiles come from (``MetricsSource``), today the
-  engines' own ``/metrics`` scraped directly.
+- :mod:`scaler.metrics`: what is known of a model's load (``LoadSnapshot``) and where it comes
+  from (``MetricsSource``): :mod:`scaler.engine_source` (the engines' ``/metrics``).
 - :mod:`scaler.policy`: the decision as a pure function of a context and a state.
 - :mod:`scaler.task_executor_manager`: the role's loop, which fetches, decides and writes
   desired replicas to the store, where the model-job-executor picks them up.
 """
 
-from scaler.metrics import EngineScrapeSource, LatencySnapshot, MetricsSource
+from scaler.engine_source import EngineScrapeSource
+from scaler.metrics import LoadSnapshot, MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 from scaler.task_executor_manager import TaskExecutorManager
 
 __all__ = [
     "Decision",
     "EngineScrapeSource",
-    "LatencySnapshot",
+    "LoadSnapshot",
     "MetricsSource",
     "PolicyConfig",
     "ScalingContext",
