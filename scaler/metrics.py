@@ -1,56 +1,71 @@
-"""Where the task-executor-manager's latency percentiles come from.
+"""What the task-executor-manager knows of a model's load: :class:`LoadSnapshot`, and its sources.
 
-``MetricsSource`` is the seam. :class:`EngineScrapeSource` reads every ready instance's
-``/metrics`` (vLLM's metric names, which the simulator also serves), keeps the previous
-cumulative bucket counts, and computes p95 over the interval between two scrapes the way
-PromQL's ``histogram_quantile(0.95, sum by (le) (rate(...)))`` does. A source that cannot
-reach an instance logs and leaves it out; no traffic gives ``None``, which means idle.
+Latency is measured at the gateway, where users feel it: its ``aif_*`` series (see the
+chat-job-executor's metrics) give p95 time to first token, p95 time per output token (per
+request, as a client measures it), the request rate, and requests in flight and queued. The
+engines' own gauges (``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``) add what
+only they know, where they export it.
 
-Some engines serve no ``/metrics`` at all (llama-cpp-python's server answers 404). Such an
-instance is noted once at INFO and not asked again for as long as it lives: it contributes
-nothing, like an idle one, instead of a warning every interval.
+``MetricsSource`` is the seam; its implementations:
+
+- :class:`scaler.prometheus_source.PrometheusSource`: PromQL against a Prometheus that scrapes
+  the gateways and the engines (discovered through :mod:`scaler.discovery`).
+- :class:`scaler.gateway_source.GatewaySource`: without a Prometheus, the same figures from the
+  gateway's metric families, in process or over HTTP, windowed here as PromQL would.
+- :class:`scaler.engine_source.EngineScrapeSource`: the engines' own ``/metrics`` (the former
+  default, kept while the application still wires it).
+
+This module holds what they share: the snapshot, the protocol, the metric names and
+:func:`histogram_quantile`, Prometheus's estimate of a quantile from cumulative buckets.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-
 from domain.records import ModelRecord
 
-logger = logging.getLogger(__name__)
+# The gateway's series (label ``model``).
+TTFT_HISTOGRAM = "aif_time_to_first_token_seconds"
+TPOT_HISTOGRAM = "aif_request_time_per_output_token_seconds"
+REQUESTS_COUNTER = "aif_requests_total"
+IN_FLIGHT_GAUGE = "aif_requests_in_flight"
+QUEUED_GAUGE = "aif_requests_queued"
+# The engines' series (label ``model_name``), vLLM's names.
+ENGINE_WAITING_GAUGE = "vllm:num_requests_waiting"
+ENGINE_RUNNING_GAUGE = "vllm:num_requests_running"
+ENGINE_KV_USAGE_GAUGE = "vllm:kv_cache_usage_perc"
 
-TTFT_METRIC = "vllm:time_to_first_token_seconds"
-# vLLM renamed the inter-token histogram; older engines only serve the second name.
-TPOT_METRICS = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")
-WAITING_METRIC = "vllm:num_requests_waiting"
-RUNNING_METRIC = "vllm:num_requests_running"
-SCRAPE_TIMEOUT_S = 2.0
-# Answers that mean "this engine has no metrics route", as opposed to a failing scrape.
-NO_METRICS_STATUSES = frozenset({404, 405, 501})
-
-Buckets = dict[float, float]
+QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
-class LatencySnapshot:
-    ttft_p95_ms: float | None
-    tpot_p95_ms: float | None
-    running: int = 0
-    waiting: int = 0
+class LoadSnapshot:
+    """One model's load over the source's window, as users saw it at the gateway."""
+
+    # None: no streamed request finished in the window.
+    ttft_p95_ms: float | None = None
+    # Per request, (e2e - TTFT) / (tokens - 1), as the client measures it.
+    tpot_p95_ms: float | None = None
+    # Requests answered per second over the window; 0.0 = idle.
+    request_rate: float = 0.0
+    # Requests being served at the gateway, now.
+    in_flight: float = 0.0
+    # Requests waiting at the gateway (admission queue, or held for an instance to start).
+    queued: float = 0.0
+    # The engines' own queue, summed, where they export it.
+    engine_waiting: float | None = None
+    # The engines' KV cache usage (0..1), mean, where they export it.
+    kv_usage: float | None = None
 
 
 class MetricsSource(Protocol):
-    """Where the task-executor-manager reads a model's latency percentiles from."""
+    """Where the task-executor-manager reads a model's load from."""
 
-    async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
-        """The model's latest percentiles, or None when they cannot be read."""
+    async def fetch(self, record: ModelRecord) -> LoadSnapshot | None:
+        """The model's load now; None when it cannot be read (the scaler then holds)."""
         ...
 
     async def close(self) -> None:
@@ -82,105 +97,5 @@ def histogram_quantile(quantile: float, buckets: Mapping[float, float]) -> float
     return bounds[-1]
 
 
-def parse_histograms(
-    families: Iterable[Metric], model_name: str, names: Iterable[str]
-) -> dict[str, Buckets]:
-    wanted = set(names)
-    found: dict[str, Buckets] = {}
-    for family in families:
-        if family.name not in wanted:
-            continue
-        for sample in family.samples:
-            if (
-                sample.name.endswith("_bucket")
-                and sample.labels.get("model_name") == model_name
-                and "le" in sample.labels
-            ):
-                buckets = found.setdefault(family.name, {})
-                bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return found
-
-
-def parse_gauges(
-    families: Iterable[Metric], model_name: str, names: Iterable[str]
-) -> dict[str, float]:
-    wanted = set(names)
-    values: dict[str, float] = {}
-    for family in families:
-        if family.name in wanted:
-            for sample in family.samples:
-                if sample.labels.get("model_name") == model_name:
-                    values[family.name] = values.get(family.name, 0.0) + sample.value
-    return values
-
-
-def _delta(current: Buckets, previous: Buckets | None) -> Buckets:
-    if previous is None or any(current.get(b, 0.0) < c for b, c in previous.items()):
-        return dict(current)  # first scrape, or the engine restarted and its counters reset
-    return {b: c - previous.get(b, 0.0) for b, c in current.items()}
-
-
-class EngineScrapeSource:
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
-        self._client = client or httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
-        self._previous: dict[tuple[str, str], dict[str, Buckets]] = {}
-        # Instances whose engine has no /metrics route: not asked again.
-        self._without_metrics: set[tuple[str, str]] = set()
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    def _forget_gone(self, record: ModelRecord) -> None:
-        """Drop what is kept about this model's instances that are no longer among its endpoints."""
-        live = {(record.id, e.instance_id) for e in record.endpoints}
-        self._without_metrics = {k for k in self._without_metrics if k[0] != record.id or k in live}
-        for key in [k for k in self._previous if k[0] == record.id and k not in live]:
-            del self._previous[key]
-
-    async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
-        windows: dict[str, Buckets] = {}
-        gauges: dict[str, float] = {}
-        scraped = 0
-        self._forget_gone(record)
-        for endpoint in record.endpoints:
-            key = (record.id, endpoint.instance_id)
-            if key in self._without_metrics:
-                continue
-            try:
-                response = await self._client.get(f"{endpoint.url}/metrics")
-                if response.status_code in NO_METRICS_STATUSES:
-                    self._without_metrics.add(key)
-                    logger.info("engine serves no /metrics (HTTP %d), not scraping it: model=%s "
-                                "instance=%s url=%s", response.status_code, record.name,
-                                endpoint.instance_id, endpoint.url)  # fmt: skip
-                    continue
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                logger.warning("metrics scrape failed model=%s url=%s: %s", record.name,
-                               endpoint.url, exc)  # fmt: skip
-                continue
-            scraped += 1
-            families = list(text_string_to_metric_families(response.text))
-            current = parse_histograms(families, record.name, (TTFT_METRIC, *TPOT_METRICS))
-            previous = self._previous.get(key, {})
-            self._previous[key] = current
-            for name, buckets in current.items():
-                merged = windows.setdefault(name, {})
-                for bound, count in _delta(buckets, previous.get(name)).items():
-                    merged[bound] = merged.get(bound, 0.0) + count
-            for name, value in parse_gauges(
-                families, record.name, (WAITING_METRIC, RUNNING_METRIC)
-            ).items():
-                gauges[name] = gauges.get(name, 0.0) + value
-        if scraped == 0:
-            return None
-        tpot_buckets = next((windows[n] for n in TPOT_METRICS if n in windows), {})
-        ttft = histogram_quantile(0.95, windows.get(TTFT_METRIC, {}))
-        tpot = histogram_quantile(0.95, tpot_buckets)
-        return LatencySnapshot(
-            ttft_p95_ms=None if ttft is None else ttft * 1000,
-            tpot_p95_ms=None if tpot is None else tpot * 1000,
-            running=int(gauges.get(RUNNING_METRIC, 0)),
-            waiting=int(gauges.get(WAITING_METRIC, 0)),
-        )
+def seconds_to_ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000

@@ -1,6 +1,6 @@
 """The task-executor-manager's loop: fetch percentiles, decide, write desired replicas.
 
-For every ``ACTIVE`` model, on each interval: read a :class:`~scaler.metrics.LatencySnapshot`
+For every ``ACTIVE`` model, on each interval: read a :class:`~scaler.metrics.LoadSnapshot`
 from the source, step the pure policy (:func:`scaler.policy.decide`), and when the decision
 differs from the desired replicas write it to the store (bumping the generation, so the
 model-job-executor deploys it). The loop survives every fetch and write error; one log line
@@ -22,6 +22,9 @@ from scaler.policy import PolicyConfig, ScalingContext, ScalingState, decide
 
 logger = logging.getLogger(__name__)
 
+# Requests one instance serves at once, when the caller does not say (vLLM's max-num-seqs).
+DEFAULT_CAPACITY_PER_INSTANCE = 256
+
 
 class TaskExecutorManager:
     """The role: one scaling pass per ``interval_s`` over every ACTIVE model.
@@ -38,6 +41,7 @@ class TaskExecutorManager:
         policy: PolicyConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        capacity_of: Callable[[ModelRecord], int] = lambda _: DEFAULT_CAPACITY_PER_INSTANCE,
     ) -> None:
         self._store = store
         self._source = source
@@ -45,6 +49,7 @@ class TaskExecutorManager:
         self._policy = policy or PolicyConfig()
         self._clock = clock
         self._on_change = on_change
+        self._capacity_of = capacity_of
         self._states: dict[str, ScalingState] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -79,10 +84,12 @@ class TaskExecutorManager:
         ctx = ScalingContext(
             now=self._clock(),
             replicas=record.replicas,
+            ready=record.ready_instances,
             min_instance=record.min_instance,
             max_instance=record.max_instance,
             ttft_target_ms=record.slo.target_time_to_first_token_p95,
             tpot_target_ms=record.slo.target_time_per_output_token_p95,
+            capacity_per_instance=self._capacity_of(record),
             snapshot=snapshot,
         )
         state = self._states.get(record.id, ScalingState())
@@ -90,12 +97,9 @@ class TaskExecutorManager:
         if decision.replicas == record.replicas:
             return
         logger.info(
-            "scaling decision model=%s name=%s from=%d to=%d reason=%r ratio=%s ttft_p95_ms=%s "
-            "tpot_p95_ms=%s waiting=%s targets_ms=(%s, %s) bounds=[%d, %d]",
+            "scaling decision model=%s name=%s from=%d to=%d reason=%r %s",
             record.id, record.name, record.replicas, decision.replicas, decision.reason,
-            decision.ratio, snapshot and snapshot.ttft_p95_ms, snapshot and snapshot.tpot_p95_ms,
-            snapshot and snapshot.waiting, ctx.ttft_target_ms, ctx.tpot_target_ms,
-            ctx.min_instance, ctx.max_instance,
+            " ".join(f"{key}={value}" for key, value in decision.inputs.items()),
         )  # fmt: skip
         await asyncio.to_thread(self._write_replicas, record, decision.replicas)
 

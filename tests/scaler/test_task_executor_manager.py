@@ -6,15 +6,15 @@ from pathlib import Path
 
 from api.store.sqlite import SqliteModelStore
 from domain.records import ModelRecord, ModelStatus, Pvc, Slo
-from scaler import LatencySnapshot, PolicyConfig, TaskExecutorManager
+from scaler import LoadSnapshot, PolicyConfig, TaskExecutorManager
 
 
 class FixedSource:
-    def __init__(self, snapshot: LatencySnapshot | None) -> None:
+    def __init__(self, snapshot: LoadSnapshot | None) -> None:
         self.snapshot = snapshot
         self.fetched: list[str] = []
 
-    async def fetch(self, record: ModelRecord) -> LatencySnapshot | None:
+    async def fetch(self, record: ModelRecord) -> LoadSnapshot | None:
         self.fetched.append(record.name)
         return self.snapshot
 
@@ -25,7 +25,7 @@ class FixedSource:
 def _record(status: ModelStatus, name: str = "m") -> ModelRecord:
     return ModelRecord(
         name=name, type="QwQ-32B", resource_type="huawei.com/ascend-1980",
-        max_instance=4, min_instance=1, replicas=1, status=status,
+        max_instance=4, min_instance=1, replicas=1, ready_instances=1, status=status,
         pvc=Pvc(name="release-models", path="Qwen/QwQ-32B"),
         slo=Slo(target_time_to_first_token_p95=1000, target_time_per_output_token_p95=20),
     )  # fmt: skip
@@ -39,7 +39,7 @@ async def test_breach_raises_desired_replicas(tmp_path: Path) -> None:
     changes: list[int] = []
     manager = TaskExecutorManager(
         store,
-        FixedSource(LatencySnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)),
+        FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)),
         interval_s=1,
         policy=PolicyConfig(upscale_delay_s=5),
         clock=lambda: now[0],

@@ -1,4 +1,4 @@
-"""The scrape source against real HTTP servers on loopback: engines with and without /metrics."""
+"""The engines' scrape source against real HTTP servers on loopback, with and without /metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from domain.records import Endpoint, ModelRecord, Pvc, Slo
-from scaler import EngineScrapeSource
+from scaler.engine_source import EngineScrapeSource
 
 VLLM_METRICS = """\
 # TYPE vllm:num_requests_running gauge
@@ -83,14 +83,14 @@ async def test_engine_without_metrics_is_asked_once_and_logged_once(
     engine = _start(engines, metrics=None)
     record = _record(engine.url)
     source = EngineScrapeSource()
-    caplog.set_level(logging.DEBUG, logger="scaler.metrics")
+    caplog.set_level(logging.DEBUG, logger="scaler.engine_source")
     try:
         snapshots = [await source.fetch(record) for _ in range(5)]
     finally:
         await source.close()
     assert snapshots == [None] * 5  # nothing to read: no traffic, the scaler holds
     assert engine.requests == ["/metrics"]
-    lines = [r for r in caplog.records if r.name == "scaler.metrics"]
+    lines = [r for r in caplog.records if r.name == "scaler.engine_source"]
     assert len(lines) == 1 and lines[0].levelno <= logging.INFO
     assert "no /metrics" in lines[0].getMessage()
 
@@ -122,7 +122,7 @@ async def test_engines_with_metrics_still_count_beside_one_without(
         await source.close()
     assert without.requests == ["/metrics"]
     assert with_metrics.requests == ["/metrics"] * 3
-    assert all(s is not None and (s.running, s.waiting) == (2, 1) for s in snapshots)
+    assert all(s is not None and (s.in_flight, s.engine_waiting) == (2, 1) for s in snapshots)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
