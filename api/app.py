@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
+import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,9 +36,10 @@ from api.routes import chat, health, metrics, models
 from api.services.models import ModelService
 from api.store import open_store
 from domain.deployment import Deployer
+from domain.presets import instance_capacity
 from domain.settings import Settings
 from domain.store import ModelStore
-from scaler import EngineScrapeSource, PolicyConfig, TaskExecutorManager
+from scaler import GatewaySource, MetricsSource, PolicyConfig, PrometheusSource, TaskExecutorManager
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,8 @@ def _lifespan(
             app_store = store or open_store(settings)
             if store is None:
                 stack.callback(app_store.close)
+            app.state.store = app_store
+            app.state.gateways = _gateway_addresses(settings, roles)
             for role in build_roles(settings, roles, app_store, deployer_factory, app.state):
                 await role.start()
                 stack.push_async_callback(role.stop)
@@ -135,6 +139,16 @@ def _lifespan(
             yield
 
     return lifespan
+
+
+def _gateway_addresses(settings: Settings, roles: frozenset[Role]) -> list[str]:
+    """Where this process serves inference, as Prometheus on this machine reaches it."""
+    if Role.CHAT_JOB_EXECUTOR not in roles and not (
+        Role.FRONTEND in roles and not settings.chat_executor_url
+    ):
+        return []
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return [f"http://{host}:{settings.port}"]
 
 
 class _Listeners:
@@ -180,7 +194,8 @@ def build_roles(
         changes.add(executor.notify_change)
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
-        built.append(_task_executor_manager(settings, store, changes.notify))
+        source = _metrics_source(settings, state.registry if chat else None)
+        built.append(_task_executor_manager(settings, store, source, changes.notify, state))
     return built
 
 
@@ -207,16 +222,40 @@ def _model_job_executor(
     )
 
 
+def _metrics_source(settings: Settings, registry: CollectorRegistry | None) -> MetricsSource:
+    """Where the manager reads latency: Prometheus, the gateway in this process, or others'."""
+    window_s = settings.scale_window_s
+    if settings.prometheus_url:
+        return PrometheusSource(settings.prometheus_url, window_s)
+    if registry is not None:
+        return GatewaySource.from_registry(registry, window_s=window_s)
+    urls = settings.gateway_metrics_urls or [u for u in [settings.chat_executor_url] if u]
+    if not urls:
+        logger.warning(
+            "no gateway to read latency from: set AIF_PROMETHEUS_URL or AIF_GATEWAY_METRICS_URLS; "
+            "the task-executor-manager holds every model's replicas until then"
+        )
+    return GatewaySource.from_urls(urls, httpx.AsyncClient(trust_env=False), window_s=window_s)
+
+
 def _task_executor_manager(
-    settings: Settings, store: ModelStore, on_change: Callable[[], None]
+    settings: Settings,
+    store: ModelStore,
+    source: MetricsSource,
+    on_change: Callable[[], None],
+    state: Any,
 ) -> TaskExecutorManager:
     return TaskExecutorManager(
         store,
-        EngineScrapeSource(),
+        source,
         interval_s=settings.scale_interval_s,
         policy=PolicyConfig(
             upscale_delay_s=settings.scale_upscale_delay_s,
             downscale_delay_s=settings.scale_downscale_delay_s,
         ),
         on_change=on_change,
+        capacity_of=lambda record: instance_capacity(
+            record.type, settings.max_in_flight_per_instance
+        ),
+        registry=state.registry,
     )

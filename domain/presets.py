@@ -121,6 +121,19 @@ def load_presets(directory: Path = PRESETS_DIR) -> dict[str, Preset]:
     return presets
 
 
+# An engine whose preset is unknown serves this many at once (vLLM's default max-num-seqs).
+DEFAULT_MAX_NUM_SEQS = 256
+
+
+def instance_capacity(model_type: str, override: int = 0) -> int:
+    """Requests one instance of ``model_type`` serves at once: ``override``, else the preset's
+    ``max-num-seqs`` (past it the engine queues inside, and every request waits longer)."""
+    if override:
+        return override
+    preset = load_presets().get(model_type)
+    return preset.vllm.max_num_seqs if preset else DEFAULT_MAX_NUM_SEQS
+
+
 def preset_names() -> list[str]:
     return list(load_presets())
 
@@ -134,6 +147,7 @@ __all__ = [
     "ResourceType",
     "SimulatorProfile",
     "VllmArgs",
+    "instance_capacity",
     "load_presets",
     "preset_names",
 ]

@@ -123,6 +123,13 @@ class Settings(ClusterConfig, BaseSettings):
     # waits this long for one before a 503.
     hold_timeout_s: float = Field(default=60.0, ge=0)
 
+    # task-executor-manager: where latency is read. A Prometheus that scrapes the gateways
+    # (see /discovery/prometheus); else the gateway in this process; else these gateways'
+    # /metrics (default: AIF_CHAT_EXECUTOR_URL).
+    prometheus_url: str = ""
+    gateway_metrics_urls: list[str] = Field(default_factory=list)
+    # The window over which p95s and request rates are computed (PromQL's [window]).
+    scale_window_s: float = Field(default=30.0, gt=0)
     # task-executor-manager: how often latency is read and replicas decided.
     scale_interval_s: float = Field(default=5.0, gt=0)
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)

@@ -2,8 +2,7 @@
 
 - :mod:`scaler.metrics`: what is known of a model's load (``LoadSnapshot``) and where it comes
   from (``MetricsSource``): :mod:`scaler.prometheus_source` (PromQL), :mod:`scaler.gateway_source`
-  (the gateway's own series, without a Prometheus), :mod:`scaler.engine_source` (the engines'
-  ``/metrics``, the former default).
+  (the gateway's own series, without a Prometheus).
 - :mod:`scaler.discovery`: the targets Prometheus scrapes, as ``http_sd`` JSON.
 - :mod:`scaler.policy`: the decision as a pure function of a context and a state.
 - :mod:`scaler.task_executor_manager`: the role's loop, which fetches, decides and writes
@@ -11,7 +10,6 @@
 """
 
 from scaler.discovery import http_sd_groups
-from scaler.engine_source import EngineScrapeSource
 from scaler.gateway_source import GatewaySource
 from scaler.metrics import LoadSnapshot, MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
@@ -20,7 +18,6 @@ from scaler.task_executor_manager import TaskExecutorManager
 
 __all__ = [
     "Decision",
-    "EngineScrapeSource",
     "GatewaySource",
     "LoadSnapshot",
     "MetricsSource",

@@ -12,8 +12,6 @@ only they know, where they export it.
   the gateways and the engines (discovered through :mod:`scaler.discovery`).
 - :class:`scaler.gateway_source.GatewaySource`: without a Prometheus, the same figures from the
   gateway's metric families, in process or over HTTP, windowed here as PromQL would.
-- :class:`scaler.engine_source.EngineScrapeSource`: the engines' own ``/metrics`` (the former
-  default, kept while the application still wires it).
 
 This module holds what they share: the snapshot, the protocol, the metric names and
 :func:`histogram_quantile`, Prometheus's estimate of a quantile from cumulative buckets.

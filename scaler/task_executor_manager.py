@@ -1,10 +1,11 @@
 """The task-executor-manager's loop: fetch percentiles, decide, write desired replicas.
 
-For every ``ACTIVE`` model, on each interval: read a :class:`~scaler.metrics.LoadSnapshot`
-from the source, step the pure policy (:func:`scaler.policy.decide`), and when the decision
-differs from the desired replicas write it to the store (bumping the generation, so the
-model-job-executor deploys it). The loop survives every fetch and write error; one log line
-per scaling decision carries every input that led to it.
+For every model it scales (serving, scaling, scaled to zero or starting), on each interval:
+read a :class:`~scaler.metrics.LoadSnapshot` from the source, step the pure policy
+(:func:`scaler.policy.decide`), and when the decision differs from the desired replicas write
+it to the store with the decision itself (the record's ``scaling``), bumping the generation so
+the model-job-executor deploys it. The loop survives every fetch and write error; one log line
+per scaling decision carries every input that led to it, and ``/metrics`` what it recommends.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
-from domain.records import ModelRecord, ModelStatus
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, rewrite
 from scaler.metrics import MetricsSource
-from scaler.policy import PolicyConfig, ScalingContext, ScalingState, decide
+from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +30,47 @@ logger = logging.getLogger(__name__)
 DEFAULT_CAPACITY_PER_INSTANCE = 256
 
 
+class ScalerMetrics:
+    """The manager's decisions in ``/metrics``: what it recommends, and when it acts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.recommended = Gauge(
+            "aif_scaler_recommended_instances",
+            "Instances the policy recommends for the model at its last pass.",
+            ["model"],
+            registry=registry,
+        )
+        self.slo_ratio = Gauge(
+            "aif_scaler_slo_ratio",
+            "The worse of p95 TTFT and TPOT over their targets at the last pass (NaN: no data).",
+            ["model"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "aif_scaler_decisions",
+            "Changes of desired instances the manager made, by direction.",
+            ["model", "direction"],
+            registry=registry,
+        )
+
+    def record(self, model: str, replicas: int, decision: Decision) -> None:
+        self.recommended.labels(model).set(decision.replicas)
+        ratio = decision.ratio
+        self.slo_ratio.labels(model).set(math.nan if ratio is None else ratio)
+        if decision.replicas != replicas:
+            direction = "up" if decision.replicas > replicas else "down"
+            self.decisions.labels(model, direction).inc()
+
+
+# Models the manager scales: serving ones, ones scaling already (it keeps deciding while a
+# change rolls out), ones scaled to zero, and ones starting up.
+SCALED_STATUSES = frozenset(
+    {ModelStatus.ACTIVE, ModelStatus.UPDATING, ModelStatus.IDLE, ModelStatus.DEPLOYING}
+)
+
+
 class TaskExecutorManager:
-    """The role: one scaling pass per ``interval_s`` over every ACTIVE model.
+    """The role: one scaling pass per ``interval_s`` over every model it scales.
 
     ``start`` begins the loop; ``stop`` ends it and closes the metrics source.
     """
@@ -42,6 +85,7 @@ class TaskExecutorManager:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
         capacity_of: Callable[[ModelRecord], int] = lambda _: DEFAULT_CAPACITY_PER_INSTANCE,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._store = store
         self._source = source
@@ -50,6 +94,7 @@ class TaskExecutorManager:
         self._clock = clock
         self._on_change = on_change
         self._capacity_of = capacity_of
+        self._metrics = ScalerMetrics(registry) if registry is not None else None
         self._states: dict[str, ScalingState] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -73,11 +118,10 @@ class TaskExecutorManager:
 
     async def run_once(self) -> None:
         records = await asyncio.to_thread(self._store.list)
-        active = {r.id for r in records if r.status is ModelStatus.ACTIVE}
-        self._states = {k: v for k, v in self._states.items() if k in active}
-        for record in records:
-            if record.status is ModelStatus.ACTIVE:
-                await self._scale(record)
+        scaled = [r for r in records if r.status in SCALED_STATUSES]
+        self._states = {k: v for k, v in self._states.items() if k in {r.id for r in scaled}}
+        for record in scaled:
+            await self._scale(record)
 
     async def _scale(self, record: ModelRecord) -> None:
         snapshot = await self._source.fetch(record)
@@ -94,6 +138,8 @@ class TaskExecutorManager:
         )
         state = self._states.get(record.id, ScalingState())
         decision, self._states[record.id] = decide(ctx, state, self._policy)
+        if self._metrics is not None:
+            self._metrics.record(record.name, record.replicas, decision)
         if decision.replicas == record.replicas:
             return
         logger.info(
@@ -101,16 +147,25 @@ class TaskExecutorManager:
             record.id, record.name, record.replicas, decision.replicas, decision.reason,
             " ".join(f"{key}={value}" for key, value in decision.inputs.items()),
         )  # fmt: skip
-        await asyncio.to_thread(self._write_replicas, record, decision.replicas)
+        await asyncio.to_thread(self._write_replicas, record, decision)
 
-    def _write_replicas(self, seen: ModelRecord, replicas: int) -> None:
+    def _write_replicas(self, seen: ModelRecord, decision: Decision) -> None:
         def scale(record: ModelRecord) -> ModelRecord | None:
-            if record.generation != seen.generation:
+            if record.generation != seen.generation or record.deleting:
                 return None  # the model changed meanwhile; the next pass decides afresh
-            record.replicas = record.within_bounds(replicas)
+            before = record.replicas
+            record.replicas = record.within_bounds(decision.replicas)
             record.generation += 1
-            record.status = ModelStatus.UPDATING
-            record.status_msg = f"scaling to {record.replicas} instances"
+            record.scaling = Scaling(
+                decided_at=utc_now(),
+                from_replicas=before,
+                to_replicas=record.replicas,
+                reason=decision.reason,
+                inputs=dict(decision.inputs),
+            )
+            if record.status is not ModelStatus.FAILED:
+                record.status = ModelStatus.UPDATING
+                record.status_msg = f"scaling from {before} to {record.replicas} instances"
             record.touch()
             return record
 

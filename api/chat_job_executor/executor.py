@@ -40,15 +40,13 @@ from api.chat_job_executor.routing import (
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.wakeup import Wakeup
-from domain.presets import load_presets
+from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
 from domain.store import ModelStore, rewrite
 
 logger = logging.getLogger(__name__)
 
-# Engines whose preset is unknown serve this many at once (vLLM's default max-num-seqs).
-DEFAULT_CAPACITY = 256
 # How much of an engine's error body a failure message quotes.
 ERROR_SNIPPET_BYTES = 300
 
@@ -101,10 +99,7 @@ class ChatJobExecutor:
         self._on_write = on_write
 
     def _capacity_of(self, record: ModelRecord) -> int:
-        if self._settings.max_in_flight_per_instance:
-            return self._settings.max_in_flight_per_instance
-        preset = load_presets().get(record.type)
-        return preset.vllm.max_num_seqs if preset else DEFAULT_CAPACITY
+        return instance_capacity(record.type, self._settings.max_in_flight_per_instance)
 
     # --- lifecycle -----------------------------------------------------------------------
 

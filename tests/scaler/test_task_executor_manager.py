@@ -34,7 +34,7 @@ def _record(status: ModelStatus, name: str = "m") -> ModelRecord:
 async def test_breach_raises_desired_replicas(tmp_path: Path) -> None:
     store = SqliteModelStore(tmp_path / "aif.db")
     active = store.create(_record(ModelStatus.ACTIVE))
-    deploying = store.create(_record(ModelStatus.DEPLOYING, name="other"))
+    failed = store.create(_record(ModelStatus.FAILED, name="other"))
     now = [0.0]
     changes: list[int] = []
     manager = TaskExecutorManager(
@@ -54,8 +54,32 @@ async def test_breach_raises_desired_replicas(tmp_path: Path) -> None:
     assert scaled.replicas == 2
     assert scaled.status is ModelStatus.UPDATING
     assert scaled.generation == active.generation + 1
+    assert (scaled.scaling.from_replicas, scaled.scaling.to_replicas) == (1, 2)
+    assert scaled.scaling.reason == decision_reason(scaled)
+    assert scaled.scaling.inputs["ttft_p95_ms"] == 2000
+    assert scaled.scaling.decided_at is not None
     assert changes == [1]
-    assert store.get(deploying.id).replicas == 1  # type: ignore[union-attr]
+    assert store.get(failed.id).replicas == 1  # type: ignore[union-attr]
+    store.close()
+
+
+def decision_reason(record: ModelRecord) -> str:
+    assert record.scaling.reason
+    return record.scaling.reason
+
+
+async def test_the_manager_keeps_deciding_while_a_model_is_updating(tmp_path: Path) -> None:
+    store = SqliteModelStore(tmp_path / "aif.db")
+    updating = store.create(_record(ModelStatus.UPDATING))
+    now = [0.0]
+    manager = TaskExecutorManager(
+        store, FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)), interval_s=1,
+        policy=PolicyConfig(upscale_delay_s=5), clock=lambda: now[0],
+    )  # fmt: skip
+    await manager.run_once()
+    now[0] = 5
+    await manager.run_once()
+    assert store.get(updating.id).replicas == 2  # type: ignore[union-attr]
     store.close()
 
 
