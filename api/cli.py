@@ -64,6 +64,8 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         port=settings.port,
         loop="asyncio" if runs_pulumi else "uvloop",
         http="httptools",
+        # No proxy in front that aif should trust for client addresses: skip the rewrite.
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

@@ -22,7 +22,7 @@ class AdmissionRule:
     # Requests that may wait per instance of the model once all are busy.
     queue_per_instance: int = 2
     # How long one may wait for a slot before it is refused.
-    wait_s: float = 1.0
+    wait_s: float = 0.05
 
 
 class Gate:
