@@ -252,6 +252,7 @@ def _task_executor_manager(
         policy=PolicyConfig(
             upscale_delay_s=settings.scale_upscale_delay_s,
             downscale_delay_s=settings.scale_downscale_delay_s,
+            idle_window_s=settings.scale_idle_s,
         ),
         on_change=on_change,
         capacity_of=lambda record: instance_capacity(

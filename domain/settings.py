@@ -137,6 +137,8 @@ class Settings(ClusterConfig, BaseSettings):
     scale_interval_s: float = Field(default=5.0, gt=0)
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)
     scale_downscale_delay_s: float = Field(default=120.0, ge=0)
+    # With no traffic at all for this long, a model steps toward min_instance (0: to zero).
+    scale_idle_s: float = Field(default=300.0, ge=0)
 
     # Kubernetes runtime (see infra/); what models get on the cluster is ClusterConfig's.
     pulumi_backend_url: str = ""
