@@ -175,9 +175,10 @@ class ChatJobExecutor:
             raise ModelNotFound("the request names no model; set 'model'", param="model")
         route = await self._route(name)
         if route is None:
-            available = ", ".join(self.table.names()) or "none registered"
+            # Other models are not named: a caller may not be allowed to see them.
             raise ModelNotFound(
-                f"model {name!r} does not exist; available models: {available}", param="model"
+                f"model {name!r} does not exist; GET /v1/models lists the models you can use",
+                param="model",
             )
         if route.serving:
             return route

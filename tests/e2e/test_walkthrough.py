@@ -83,13 +83,14 @@ def test_walkthrough_with_openai_client(server: Server) -> None:
     wait_until(lambda: not engine_processes(name))
 
 
-def test_unknown_model_names_the_available_ones(server: Server) -> None:
+def test_an_unknown_model_is_a_404_that_names_no_other_model(server: Server) -> None:
     name = _model_name()
     _register(server, name)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
-    assert name in str(caught.value)
+    assert "'nope' does not exist" in str(caught.value)
+    assert name not in str(caught.value)
 
 
 def test_model_not_ready_within_the_hold_is_503(
