@@ -215,8 +215,10 @@ class Exchange:
         tail = b""
         if not outcome.streamed:
             gaps = None
+        readany = upstream.content.readany
         try:
-            async for chunk in upstream.content.iter_any():
+            # readany rather than iter_any: one coroutine less per chunk.
+            while chunk := await readany():
                 now = time.monotonic()
                 if not outcome.first_byte_at:
                     outcome.first_byte_at = now
