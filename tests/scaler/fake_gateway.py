@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from api.chat_job_executor.metrics import TOKEN_LATENCY_BUCKETS_S, TTFT_BUCKETS_S
+from domain.latency import TOKEN_LATENCY_BUCKETS_S, TTFT_BUCKETS_S
 
 
 class FakeGateway:
