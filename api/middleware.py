@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge
+from api.errors import PayloadTooLarge, log_failure
 from domain.settings import Settings
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -89,3 +89,37 @@ class BodySizeLimit:
                 await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+class UnexpectedErrors:
+    """The last word on an exception no handler took: an OpenAI-shaped 500, one log line.
+
+    Starlette's own last resort answers ``text/plain`` and logs the traceback twice; this
+    answers in the API's words (:func:`api.errors.from_exception`) when the response has not
+    started, and logs once.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            error = log_failure(exc, scope.get("method", ""), scope.get("path", ""))
+            if not started:
+                response = JSONResponse(
+                    error.body(), status_code=error.status_code, headers=error.headers
+                )
+                await response(scope, receive, send)

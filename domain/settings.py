@@ -147,6 +147,16 @@ class Settings(ClusterConfig, BaseSettings):
     # longer than any update of one model takes (its objects are not awaited).
     pulumi_stale_lock_s: float = Field(default=1800.0, gt=0)
 
+    # Store failures: how long a SQLite write waits for another writer before the request
+    # gets a 503 with Retry-After (each write is one short statement; a longer hold is a
+    # stuck or foreign writer).
+    store_busy_timeout_s: float = Field(default=5.0, gt=0)
+    # Threads the API's store calls run on, apart from everything else, so a stuck store
+    # fills this pool and not the one the rest of the server needs.
+    store_workers: int = Field(default=16, ge=1)
+    # /ready: how long the store has to show it can take a write before the answer is 503.
+    ready_timeout_s: float = Field(default=1.0, gt=0)
+
     @property
     def cluster(self) -> ClusterConfig:
         """The cluster settings alone, as the deployer and ``aif render`` take them."""

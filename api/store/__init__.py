@@ -8,12 +8,22 @@ Mapping errors to HTTP is left to the app.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from api.store.mongo import MongoModelStore
 from api.store.sqlite import SqliteModelStore
 from domain.settings import Settings
 from domain.store import ModelStore
 
-__all__ = ["MongoModelStore", "SqliteModelStore", "open_store"]
+__all__ = ["CheckableStore", "MongoModelStore", "SqliteModelStore", "open_store"]
+
+
+@runtime_checkable
+class CheckableStore(Protocol):
+    """A store that can say whether it would take a write now (``/ready``)."""
+
+    def check(self, timeout_s: float) -> None: ...
+
 
 SQLITE_FILE_NAME = "aif.db"
 
@@ -25,4 +35,6 @@ def open_store(settings: Settings) -> ModelStore:
             settings.mongodb_url.get_secret_value(), database=settings.mongodb_database
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteModelStore(settings.data_dir / SQLITE_FILE_NAME)
+    return SqliteModelStore(
+        settings.data_dir / SQLITE_FILE_NAME, busy_timeout_s=settings.store_busy_timeout_s
+    )
