@@ -19,6 +19,8 @@ from rich.console import Console
 
 from api.app import ALL_ROLES, Role, create_app
 from api.errors import describe_validation_errors
+from api.store import preflight
+from domain.errors import StoreError
 from domain.settings import Settings
 
 app = typer.Typer(
@@ -54,6 +56,11 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    try:
+        preflight(settings)
+    except (StoreError, OSError) as exc:
+        err_console.print(f"[red]cannot start:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
     application = create_app(settings, roles)
     # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
     # programs run (a model-job-executor deploying to Kubernetes).
