@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
 from api.frontend import Frontend
-from api.middleware import BodySizeLimit, UnexpectedErrors, body_limits
+from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, metrics, models
 from api.services.models import ModelService
@@ -104,6 +104,7 @@ def create_app(
         lifespan=_lifespan(settings, roles, store, deployer_factory),
     )
     install_error_handlers(app)
+    app.add_middleware(JsonDepthLimit, limits=body_limits(settings))
     app.add_middleware(BodySizeLimit, limits=body_limits(settings))
     # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
     app.add_middleware(UnexpectedErrors)

@@ -212,7 +212,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "error")
+    kind = {404: "not_found_error", 503: "service_unavailable_error"}.get(exc.status_code)
+    if kind is None:
+        kind = "invalid_request_error" if 400 <= exc.status_code < 500 else "internal_error"
     return JSONResponse(
         error_body(str(exc.detail), kind, exc.status_code),
         status_code=exc.status_code,

@@ -156,6 +156,9 @@ class Settings(ClusterConfig, BaseSettings):
     store_workers: int = Field(default=16, ge=1)
     # /ready: how long the store has to show it can take a write before the answer is 503.
     ready_timeout_s: float = Field(default=1.0, gt=0)
+    # How deep a request's JSON may nest, on every route: deeper is a 400 before any parser
+    # recurses into it (a nested-JSON bomb). Real requests nest a handful of levels.
+    max_json_depth: int = Field(default=64, ge=2)
 
     @property
     def cluster(self) -> ClusterConfig:
