@@ -19,6 +19,7 @@ from rich.console import Console
 
 from api.app import ALL_ROLES, Role, create_app
 from api.errors import describe_validation_errors
+from api.server import server_options
 from api.store import preflight
 from domain.errors import StoreError
 from domain.settings import Settings
@@ -70,9 +71,10 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         host=settings.host,
         port=settings.port,
         loop="asyncio" if runs_pulumi else "uvloop",
-        http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
+        # httptools, with deadlines for slow clients, and the server's limits.
+        **server_options(settings),
     )
 
 

@@ -160,6 +160,22 @@ class Settings(ClusterConfig, BaseSettings):
     # recurses into it (a nested-JSON bomb). Real requests nest a handful of levels.
     max_json_depth: int = Field(default=64, ge=2)
 
+    # The HTTP server's limits on clients (see api/server.py). Idle keep-alive with clients:
+    # longer than upstream_keepalive_s, so the side that closes a reused connection first is
+    # never the one a client is still sending on.
+    client_keepalive_s: float = Field(default=15.0, gt=0)
+    # A request's headers must be complete this long after the connection opens or the
+    # request's first byte (slowloris); else 408 and the connection closes.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # While a body arrives: no silence longer than this, and past it at least the minimum
+    # average rate; else the connection closes.
+    body_idle_timeout_s: float = Field(default=10.0, gt=0)
+    body_min_rate_bytes_s: float = Field(default=1024.0, ge=0)
+    # Connections (and requests in progress) served at once; past it, a 503 with Retry-After.
+    max_connections: int = Field(default=2048, ge=1)
+    # Largest request head with the h11 protocol (httptools has its own fixed bound).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+
     @property
     def cluster(self) -> ClusterConfig:
         """The cluster settings alone, as the deployer and ``aif render`` take them."""
