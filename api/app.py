@@ -30,11 +30,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
 from api.frontend import Frontend
-from api.middleware import BodySizeLimit, body_limits
+from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, metrics, models
 from api.services.models import ModelService
 from api.store import open_store
+from api.store.pool import StorePool
 from domain.deployment import Deployer
 from domain.presets import instance_capacity
 from domain.settings import Settings
@@ -103,8 +104,12 @@ def create_app(
         lifespan=_lifespan(settings, roles, store, deployer_factory),
     )
     install_error_handlers(app)
+    app.add_middleware(JsonDepthLimit, limits=body_limits(settings))
     app.add_middleware(BodySizeLimit, limits=body_limits(settings))
+    # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
+    app.add_middleware(UnexpectedErrors)
     app.state.registry = CollectorRegistry()
+    app.state.ready_timeout_s = settings.ready_timeout_s
     app.inference = {}
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -131,6 +136,9 @@ def _lifespan(
             if store is None:
                 stack.callback(app_store.close)
             app.state.store = app_store
+            # The API's store calls run here, apart from the server's other threads.
+            app.state.store_pool = StorePool(settings.store_workers)
+            stack.callback(app.state.store_pool.close)
             app.state.gateways = _gateway_addresses(settings, roles)
             for role in build_roles(settings, roles, app_store, deployer_factory, app.state):
                 await role.start()

@@ -19,6 +19,9 @@ from rich.console import Console
 
 from api.app import ALL_ROLES, Role, create_app
 from api.errors import describe_validation_errors
+from api.server import server_options
+from api.store import preflight
+from domain.errors import StoreError
 from domain.settings import Settings
 
 app = typer.Typer(
@@ -54,6 +57,11 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    try:
+        preflight(settings)
+    except (StoreError, OSError) as exc:
+        err_console.print(f"[red]cannot start:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
     application = create_app(settings, roles)
     # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
     # programs run (a model-job-executor deploying to Kubernetes).
@@ -63,11 +71,12 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         host=settings.host,
         port=settings.port,
         loop="asyncio" if runs_pulumi else "uvloop",
-        http="httptools",
         # No proxy in front that aif should trust for client addresses: skip the rewrite.
         proxy_headers=False,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # httptools, with deadlines for slow clients, and the server's limits.
+        **server_options(settings),
     )
 
 

@@ -10,7 +10,15 @@ Hierarchy::
     ├── ModelConflict            409  conflict_error (duplicate name, model being deleted)
     ├── ModelNotReady            503  service_unavailable_error (Retry-After when known)
     ├── Overloaded               429  rate_limit_error (Retry-After)
-    └── UpstreamError            502  upstream_error
+    ├── UpstreamError            502  upstream_error
+    ├── StoreUnavailableError    503  service_unavailable_error (Retry-After)
+    └── InsufficientStorage      507  insufficient_storage_error
+
+The store's failures (:mod:`domain.errors`) and anything unexpected become these in
+:func:`from_exception`, the one place a Python exception becomes an HTTP answer: a locked or
+unreachable store is a 503 with ``Retry-After``, a full disk a 507 that says so, a damaged
+store file a 500 that names the file and how to recover, anything else a 500 that points at
+the server log. Nothing answers text/plain.
 
 Every error body on ``/v1/*`` has OpenAI's shape, ``{"error": {"message", "type", "param",
 "code"}}``, so the product's clients and OpenAI SDKs both read it. Validation failures also
@@ -19,14 +27,23 @@ keep FastAPI's ``detail`` list, which names each field and rule.
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domain.errors import StoreCorrupt, StoreError, StoreFull, StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 class AifError(Exception):
@@ -91,6 +108,55 @@ class UpstreamError(AifError):
     error_type = "upstream_error"
 
 
+class StoreUnavailableError(AifError):
+    status_code = 503
+    error_type = "service_unavailable_error"
+
+
+class InsufficientStorage(AifError):
+    status_code = 507
+    error_type = "insufficient_storage_error"
+
+
+def _store_failure(exc: StoreError) -> AifError:
+    if isinstance(exc, StoreUnavailable):
+        return StoreUnavailableError(exc.message, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, StoreFull):
+        return InsufficientStorage(exc.message)
+    if isinstance(exc, StoreCorrupt):
+        return AifError(exc.message)
+    return AifError("the model store failed; the server log has the cause")
+
+
+def from_exception(exc: BaseException) -> AifError:
+    """The API's answer to any exception a route let through (see the module's table)."""
+    from api.store import mongo, sqlite  # the store modules do not import this one
+
+    if isinstance(exc, AifError):
+        return exc
+    if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+        exc = sqlite.translate(exc, Path("the sqlite file"), 0.0)
+    elif isinstance(exc, PyMongoError):
+        exc = mongo.translate(exc)
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        exc = StoreFull(f"the disk is full ({exc}): free space, then retry")
+    if isinstance(exc, StoreError):
+        return _store_failure(exc)
+    return AifError("internal error; the server log has the cause")
+
+
+def log_failure(exc: BaseException, method: str, path: str) -> AifError:
+    """One log line for a failed request (a traceback only when it is unexpected)."""
+    error = from_exception(exc)
+    if isinstance(exc, AifError):
+        pass
+    elif error.status_code in (503, 507) or isinstance(exc, StoreError):
+        logger.warning("request failed method=%s path=%s: %s", method, path, error.message)
+    else:
+        logger.error("request failed method=%s path=%s", method, path, exc_info=exc)
+    return error
+
+
 def error_body(
     message: str, error_type: str, code: int, param: str | None = None
 ) -> dict[str, Any]:
@@ -146,7 +212,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "error")
+    kind = {404: "not_found_error", 503: "service_unavailable_error"}.get(exc.status_code)
+    if kind is None:
+        kind = "invalid_request_error" if 400 <= exc.status_code < 500 else "internal_error"
     return JSONResponse(
         error_body(str(exc.detail), kind, exc.status_code),
         status_code=exc.status_code,
@@ -154,7 +222,15 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    return _to_response(log_failure(exc, request.method, request.url.path))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AifError, _aif_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(OSError, _store_error)
+    app.add_exception_handler(sqlite3.Error, _store_error)
+    app.add_exception_handler(PyMongoError, _store_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

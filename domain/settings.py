@@ -152,6 +152,35 @@ class Settings(ClusterConfig, BaseSettings):
     # longer than any update of one model takes (its objects are not awaited).
     pulumi_stale_lock_s: float = Field(default=1800.0, gt=0)
 
+    # Store failures: how long a SQLite write waits for another writer before the request
+    # gets a 503 with Retry-After (each write is one short statement; a longer hold is a
+    # stuck or foreign writer).
+    store_busy_timeout_s: float = Field(default=5.0, gt=0)
+    # Threads the API's store calls run on, apart from everything else, so a stuck store
+    # fills this pool and not the one the rest of the server needs.
+    store_workers: int = Field(default=16, ge=1)
+    # /ready: how long the store has to show it can take a write before the answer is 503.
+    ready_timeout_s: float = Field(default=1.0, gt=0)
+    # How deep a request's JSON may nest, on every route: deeper is a 400 before any parser
+    # recurses into it (a nested-JSON bomb). Real requests nest a handful of levels.
+    max_json_depth: int = Field(default=64, ge=2)
+
+    # The HTTP server's limits on clients (see api/server.py). Idle keep-alive with clients:
+    # longer than upstream_keepalive_s, so the side that closes a reused connection first is
+    # never the one a client is still sending on.
+    client_keepalive_s: float = Field(default=15.0, gt=0)
+    # A request's headers must be complete this long after the connection opens or the
+    # request's first byte (slowloris); else 408 and the connection closes.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # While a body arrives: no silence longer than this, and past it at least the minimum
+    # average rate; else the connection closes.
+    body_idle_timeout_s: float = Field(default=10.0, gt=0)
+    body_min_rate_bytes_s: float = Field(default=1024.0, ge=0)
+    # Connections (and requests in progress) served at once; past it, a 503 with Retry-After.
+    max_connections: int = Field(default=2048, ge=1)
+    # Largest request head with the h11 protocol (httptools has its own fixed bound).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+
     @property
     def cluster(self) -> ClusterConfig:
         """The cluster settings alone, as the deployer and ``aif render`` take them."""

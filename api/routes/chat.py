@@ -19,7 +19,14 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import AifError, InvalidRequest, MalformedBody
 from api.frontend import Inference
-from api.middleware import INFERENCE_PATHS, BodyLimit, payload_too_large
+from api.middleware import (
+    DEFAULT_MAX_JSON_DEPTH,
+    INFERENCE_PATHS,
+    BodyLimit,
+    json_too_deep,
+    payload_too_large,
+    too_deep,
+)
 from api.relay import Exchange
 
 logger = logging.getLogger(__name__)
@@ -44,9 +51,14 @@ async def read_body(scope: Scope, receive: Receive, limit: BodyLimit) -> bytes |
             return b"".join(chunks)
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
+def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The request as a dict; a nested-JSON bomb is refused before the parser recurses."""
+    if json_too_deep(body, max_depth):
+        raise too_deep(max_depth)
     try:
         payload: Any = json.loads(body)
+    except RecursionError as exc:  # cannot pass the check above; kept as the last word
+        raise too_deep(max_depth) from exc
     except ValueError as exc:
         raise MalformedBody(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
@@ -73,7 +85,7 @@ class InferenceEndpoint:
             body = await read_body(scope, receive, self._limit)
             if body is None:
                 return
-            request = parse_request(body)
+            request = parse_request(body, self._limit.max_json_depth)
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:

@@ -18,15 +18,18 @@ Left to others: choosing the store (:func:`api.store.open_store`), retrying on
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import pymongo
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure, PyMongoError
 
+from domain.errors import StoreFull, StoreUnavailable
 from domain.records import ModelRecord
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
@@ -48,6 +51,37 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 Document = dict[str, Any]
+
+# MongoDB's code for a write refused because the disk is full.
+_OUT_OF_DISK_SPACE = 14031
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def translate(exc: PyMongoError) -> StoreError:
+    """A pymongo failure in the domain's words: unavailable, full, or other."""
+    if isinstance(exc, AutoReconnect):  # ServerSelectionTimeoutError is one
+        return StoreUnavailable(
+            f"the model store (MongoDB) cannot be reached: {exc}", retry_after_s=5.0
+        )
+    if isinstance(exc, OperationFailure) and exc.code == _OUT_OF_DISK_SPACE:
+        return StoreFull(f"the disk under the model store (MongoDB) is full: {exc}")
+    return StoreError(f"the model store (MongoDB) failed: {exc}")
+
+
+def _translating(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise translate(exc) from exc
+
+    return wrapper
+
 
 _TIMESTAMP_FIELDS = ("created_at", "updated_at")
 
@@ -112,6 +146,7 @@ class MongoModelStore:
         client: pymongo.MongoClient[Document] = pymongo.MongoClient(url, **options)
         return cls(client, database=database)
 
+    @_translating
     def create(self, record: ModelRecord) -> ModelRecord:
         document = _to_document(record.model_copy(update={"revision": 1}))
         try:
@@ -120,20 +155,24 @@ class MongoModelStore:
             raise self._duplicate(exc, record) from exc
         return _from_document(document)
 
+    @_translating
     def get(self, model_id: str) -> ModelRecord | None:
         document = self._collection.find_one({"_id": model_id})
         return None if document is None else _from_document(document)
 
+    @_translating
     def get_by_name(self, name: str) -> ModelRecord | None:
         document = self._collection.find_one({"name": name})
         return None if document is None else _from_document(document)
 
+    @_translating
     def list(self) -> list[ModelRecord]:
         cursor = self._collection.find(
             {}, sort=[("created_at", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
         )
         return [_from_document(document) for document in cursor]
 
+    @_translating
     def replace(self, record: ModelRecord) -> ModelRecord:
         document = _to_document(record.model_copy(update={"revision": record.revision + 1}))
         try:
@@ -146,6 +185,7 @@ class MongoModelStore:
             raise self._miss(record.id)
         return _from_document(document)
 
+    @_translating
     def delete(self, model_id: str, revision: int) -> None:
         result = self._collection.delete_one({"_id": model_id, "revision": revision})
         if result.deleted_count == 0:
@@ -153,6 +193,11 @@ class MongoModelStore:
 
     def close(self) -> None:
         self._client.close()
+
+    @_translating
+    def check(self, timeout_s: float) -> None:
+        """Raise unless the server answers a ping (readiness); the caller bounds the wait."""
+        self._client.admin.command("ping")
 
     def _miss(self, model_id: str) -> StoreError:
         """Why a compare-and-set matched nothing: the record is gone, or it changed."""

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from domain.errors import StoreCorrupt, StoreFull, StoreUnavailable
 from domain.records import ModelRecord
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
@@ -51,6 +52,37 @@ CREATE INDEX IF NOT EXISTS models_by_created_at ON models (created_at, id);
 """
 
 
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def recovery_advice(path: Path) -> str:
+    return (
+        f"stop aif, then restore {path} from a backup, or move it away (e.g. to {path}.broken) "
+        "to start with an empty store"
+    )
+
+
+def translate(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> StoreError:
+    """A SQLite failure in the domain's words: unavailable, full, corrupt, or other."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    text = str(exc)
+    if code in _BUSY_CODES or "locked" in text or "busy" in text:
+        return StoreUnavailable(
+            f"the model store is locked by another writer (waited {busy_timeout_s:g}s); "
+            "retry shortly",
+            retry_after_s=max(1.0, busy_timeout_s),
+        )
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return StoreFull(f"the disk under the model store ({path}) is full: free space, then retry")
+    if code in _CORRUPT_CODES or "malformed" in text or "not a database" in text:
+        return StoreCorrupt(
+            f"the model store file {path} is damaged ({text}): {recovery_advice(path)}",
+            path=str(path),
+        )
+    return StoreError(f"the model store ({path}) failed: {text}")
+
+
 def _order_key(moment: datetime) -> str:
     """Fixed-width UTC text, so SQLite's string order is time order (naive means UTC)."""
     if moment.tzinfo is None:
@@ -61,8 +93,9 @@ def _order_key(moment: datetime) -> str:
 class _ConnectionPool:
     """Hands each caller a connection of its own; idle connections are kept for reuse."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
         self._path = path
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
@@ -70,7 +103,7 @@ class _ConnectionPool:
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self._path,
-            timeout=BUSY_TIMEOUT_S,
+            timeout=self._busy_timeout_s,
             # Autocommit: every statement is its own transaction.
             isolation_level=None,
             # A pooled connection moves between threads, but only one uses it at a time.
@@ -86,6 +119,16 @@ class _ConnectionPool:
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._borrowed() as conn:
+                yield conn
+        except sqlite3.IntegrityError:
+            raise  # the callers name the broken constraint
+        except sqlite3.Error as exc:
+            raise translate(exc, self._path, self._busy_timeout_s) from exc
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._closed:
                 raise StoreError("the model store is closed")
@@ -111,11 +154,17 @@ class _ConnectionPool:
 
 
 class SqliteModelStore:
-    """A :class:`~domain.store.ModelStore` in one SQLite file at ``path``."""
+    """A :class:`~domain.store.ModelStore` in one SQLite file at ``path``.
 
-    def __init__(self, path: Path) -> None:
+    Failures come out as the domain's store errors (:func:`translate`): a writer held up past
+    ``busy_timeout_s`` is :class:`~domain.errors.StoreUnavailable`, a full disk
+    :class:`~domain.errors.StoreFull`, a damaged file :class:`~domain.errors.StoreCorrupt`.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
-        self._pool = _ConnectionPool(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._pool = _ConnectionPool(path, busy_timeout_s)
         try:
             with self._pool.connection() as conn:
                 self._prepare(conn)
@@ -200,6 +249,24 @@ class SqliteModelStore:
 
     def close(self) -> None:
         self._pool.close()
+
+    def check(self, timeout_s: float) -> None:
+        """Raise unless the store can take a write within ``timeout_s`` (readiness).
+
+        Readers never wait in WAL mode, so this takes the write lock and gives it back at once.
+        """
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, timeout_s) from exc
+        try:
+            conn.execute("SELECT 1 FROM models LIMIT 1").fetchall()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, timeout_s) from exc
+        finally:
+            conn.close()
 
     def _fetch_one(self, query: str, key: str) -> ModelRecord | None:
         with self._pool.connection() as conn:

@@ -1,0 +1,167 @@
+"""The HTTP server's own limits: what a hostile or broken client cannot outwait.
+
+uvicorn bounds keep-alive and concurrency but has no deadline for a request's headers or its
+body, so a client that trickles bytes (slowloris) holds a connection for ever. The protocol
+here is uvicorn's httptools one with those deadlines added:
+
+* **headers**: from the moment a connection opens, or a new request's first byte arrives,
+  its headers must be complete within ``AIF_HEADER_TIMEOUT_S``; else a 408 and the connection
+  is closed.
+* **body**: no silence longer than ``AIF_BODY_IDLE_TIMEOUT_S`` while a body arrives, and once
+  that long has passed, at least ``AIF_BODY_MIN_RATE_BYTES_S`` on average; else the
+  connection is closed (the app sees the client leave).
+
+A refusal past ``AIF_MAX_CONNECTIONS`` is uvicorn's 503, answered here in the API's words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from api.errors import error_body
+from domain.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    header_timeout_s: float
+    body_idle_timeout_s: float
+    body_min_rate_bytes_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> ClientLimits:
+        return cls(
+            settings.header_timeout_s,
+            settings.body_idle_timeout_s,
+            settings.body_min_rate_bytes_s,
+        )
+
+
+def _response(status: bytes, message: str, error_type: str, code: int) -> bytes:
+    body = json.dumps(error_body(message, error_type, code)).encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
+
+
+_TIMEOUT_408 = _response(
+    b"408 Request Timeout",
+    "request headers did not arrive in time (AIF_HEADER_TIMEOUT_S)",
+    "invalid_request_error",
+    408,
+)
+
+
+async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    body = json.dumps(
+        error_body(
+            "the server has as many connections as it takes (AIF_MAX_CONNECTIONS); retry shortly",
+            "service_unavailable_error",
+            503,
+        )
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+               (b"connection", b"close")]  # fmt: skip
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# uvicorn answers ``limit_concurrency`` refusals with this app; its own says text/plain.
+httptools_impl.service_unavailable = _too_many_connections  # type: ignore[attr-defined]
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body deadlines (see the module)."""
+
+    limits: ClientLimits = ClientLimits(10.0, 10.0, 1024.0)
+    _deadline: asyncio.TimerHandle | None = None
+    _body_started = 0.0
+    _body_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, self._headers_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a connection's first request is already timed
+            self._arm(self.limits.header_timeout_s, self._headers_late)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._body_started, self._body_bytes = self.loop.time(), 0
+        self._arm(self.limits.body_idle_timeout_s, self._body_late)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._body_bytes += len(body)
+        elapsed = self.loop.time() - self._body_started
+        if (
+            elapsed > self.limits.body_idle_timeout_s
+            and self._body_bytes / elapsed < self.limits.body_min_rate_bytes_s
+        ):
+            self._cut("body arrives slower than AIF_BODY_MIN_RATE_BYTES_S")
+            return
+        self._arm(self.limits.body_idle_timeout_s, self._body_late)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self, delay_s: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay_s, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMEOUT_408)
+        self._cut("headers not complete within AIF_HEADER_TIMEOUT_S")
+
+    def _body_late(self) -> None:
+        self._deadline = None
+        if self.flow.read_paused:  # the app is behind, not the client
+            self._arm(self.limits.body_idle_timeout_s, self._body_late)
+            return
+        self._cut("body silent for AIF_BODY_IDLE_TIMEOUT_S")
+
+    def _cut(self, reason: str) -> None:
+        self._disarm()
+        logger.debug("slow client cut client=%s: %s", self.client, reason)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_protocol(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for ``uvicorn.run(http=...)``, with these limits."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the limits above and its own."""
+    return {
+        "http": guarded_protocol(ClientLimits.of(settings)),
+        "timeout_keep_alive": settings.client_keepalive_s,
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
