@@ -1,0 +1,681 @@
+"""Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick]``.
+
+Replays one seeded bursty trace (Poisson arrivals; phases low → high → low → spike → low)
+against ``aif serve`` three times in one run, with a fresh server and data dir each time:
+
+* ``aif policy``: the model at ``min_instance`` 1, ``max_instance`` 6, scaled by aif;
+* ``static max``: min = max = 6;
+* ``static min``: min = max = 1.
+
+The engines are the simulator with the ``DeepSeek-R1-Distill-Qwen-7B`` preset's own latency
+model (a decode step of 12 ms plus 0.05 ms per running sequence, plus prefill), each instance
+holding ``MAX_NUM_SEQS`` sequences at once, so one instance serves about 2.5 requests/s of
+128 tokens: well below the high phase (5/s), while six serve about 15/s, well above the
+spike (10/s). aif's admission matches (``AIF_MAX_IN_FLIGHT_PER_INSTANCE``) and its wait queue
+is deep, so an overload shows as time to first token rather than as 429s.
+
+Per configuration it prints: the fraction of 10 s windows (by arrival) whose client-side p95
+TTFT (first content chunk) is at most 1000 ms and p95 TPOT, per request
+``(e2e - TTFT) / (tokens - 1)``, at most 50 ms, with no failed request; failed requests
+(non-200, broken stream, timeout); and ready instance-seconds (``ready_instances`` of
+``GET /v1/models/{id}``, polled every second, integrated from the trace's start to its last
+answer). For the policy also: the time from the trace's last answer back to ``min_instance``,
+then a scale-from-zero phase (``min_instance`` 0: idle down to zero, then one request) giving
+the idle scale-in time and the first token's time against the new engine's ready time.
+
+aif runs on core 0; the engines (re-pinned as they appear), the load generator and the poller
+on core 1. Every run is bounded in time; every child process is killed at exit, on Ctrl-C or
+on an error. The scaling decisions (``scaling decision`` lines of aif's log) are listed per
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "bench"
+MODEL_TYPE = "DeepSeek-R1-Distill-Qwen-7B"
+GATEWAY_CORE = 0
+LOAD_CORE = 1
+MAX_NUM_SEQS = 4
+TTFT_TARGET_MS = 1000
+TPOT_TARGET_MS = 50
+WINDOW_S = 10.0
+REQUEST_TIMEOUT_S = 240.0
+
+# The scaler's settings: a pass a second, p95 over 10 s, breaches acted on after 5 s, scale-in
+# through a 30 s stable window, and an idle model toward min_instance after 20 s.
+SCALE_INTERVAL_S = 1.0
+SCALE_WINDOW_S = 10.0
+UPSCALE_DELAY_S = 5.0
+DOWNSCALE_DELAY_S = 30.0
+IDLE_WINDOW_S = 20.0
+
+# PolicyConfig.idle_window_s has no setting yet (fixed at 300 s): this launcher hands it
+# AIF_SCALE_IDLE_WINDOW_S, and changes nothing once the settings have the field.
+IDLE_WINDOW_LAUNCHER = """
+import functools, os, sys
+import api.app
+from domain.settings import Settings
+if "scale_idle_window_s" not in Settings.model_fields:
+    api.app.PolicyConfig = functools.partial(
+        api.app.PolicyConfig, idle_window_s=float(os.environ["AIF_SCALE_IDLE_WINDOW_S"])
+    )
+from api.cli import app
+sys.argv = ["aif", *sys.argv[1:]]
+app()
+"""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    rate: float  # arrivals per second
+    duration_s: float
+
+
+FULL_TRACE = (
+    Phase("low", 1.0, 30),
+    Phase("high", 5.0, 50),
+    Phase("low", 1.0, 40),
+    Phase("spike", 10.0, 25),
+    Phase("low", 1.0, 45),
+)
+QUICK_SCALE = 0.2  # --quick: every phase a fifth as long
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at_s: float
+    max_tokens: int
+    prompt: str
+
+
+WORDS = tuple(
+    [
+        "latency",
+        "replicas",
+        "each",
+        "of",
+        "length",
+        "values",
+        "the",
+        "answer",
+        "model",
+        "tokens",
+        "queue",
+        "instance",
+        "scale",
+        "window",
+        "engine",
+        "batch",
+        "prefill",
+        "decode",
+        "stream",
+        "gateway",
+        "policy",
+    ]
+)
+
+
+def make_trace(phases: tuple[Phase, ...], seed: int) -> list[Arrival]:
+    rng = random.Random(seed)
+    arrivals, start = [], 0.0
+    for phase in phases:
+        t = start + rng.expovariate(phase.rate)
+        while t < start + phase.duration_s:
+            prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+            arrivals.append(Arrival(t, rng.randint(64, 192), prompt))
+            t += rng.expovariate(phase.rate)
+        start += phase.duration_s
+    return arrivals
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(pid: int, core: int) -> None:
+    if (os.cpu_count() or 0) > core:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, {core})
+
+
+class Aif:
+    """One ``aif serve`` with its own data dir; stopped with every engine it started."""
+
+    def __init__(self, work: Path, label: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = work / f"aif-{label}.log"
+        env = {
+            **os.environ,
+            "AIF_LOG_LEVEL": "INFO",
+            "AIF_ENGINE_ARGS": json.dumps(["--max-num-seqs", str(MAX_NUM_SEQS)]),
+            "AIF_MAX_IN_FLIGHT_PER_INSTANCE": str(MAX_NUM_SEQS),
+            "AIF_ADMISSION_QUEUE_PER_INSTANCE": "1000",
+            "AIF_ADMISSION_WAIT_S": str(REQUEST_TIMEOUT_S),
+            "AIF_SCALE_INTERVAL_S": str(SCALE_INTERVAL_S),
+            "AIF_SCALE_WINDOW_S": str(SCALE_WINDOW_S),
+            "AIF_SCALE_UPSCALE_DELAY_S": str(UPSCALE_DELAY_S),
+            "AIF_SCALE_DOWNSCALE_DELAY_S": str(DOWNSCALE_DELAY_S),
+            "AIF_SCALE_IDLE_WINDOW_S": str(IDLE_WINDOW_S),
+        }
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-c", IDLE_WINDOW_LAUNCHER, "serve", "--port", str(self.port),
+                 "--data-dir", str(work / f"data-{label}")],
+                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+        _pin(self.popen.pid, GATEWAY_CORE)
+        self.process = psutil.Process(self.popen.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"aif exited with {self.popen.returncode}; see {self.log}")
+            time.sleep(0.1)
+        raise RuntimeError(f"aif did not answer /health within 30s; see {self.log}")
+
+    def engines(self) -> list[psutil.Process]:
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for child in self.process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "simulator" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                        found.append(child)
+        return found
+
+    def stop(self) -> None:
+        family = []
+        with contextlib.suppress(psutil.Error):
+            family = [*self.process.children(recursive=True), self.process]
+            self.process.terminate()  # aif stops its own engines; what is left is ended after
+            psutil.wait_procs([self.process], timeout=15)
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(family, timeout=5)
+        with contextlib.suppress(OSError):
+            self.popen.kill()
+        self.popen.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Load and observation
+
+
+@dataclass
+class Result:
+    sent_at: float  # seconds from the trace's start
+    ok: bool = False
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    tokens: int = 0
+    error: str = ""
+
+    @property
+    def tpot_ms(self) -> float | None:
+        if self.ttft_s is None or self.e2e_s is None or self.tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.tokens - 1) * 1000
+
+
+async def _one(session: Any, url: str, arrival: Arrival, result: Result) -> None:
+    import aiohttp
+
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": arrival.prompt}],
+        "max_tokens": arrival.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+                if response.status != 200:
+                    result.error = f"HTTP {response.status}"
+                    await response.read()
+                    return
+                done = False
+                async for line in response.content:
+                    if line.startswith(b"data: [DONE]"):
+                        done = True
+                        break
+                    if line.startswith(b"data: ") and b'"content":"' in line:
+                        chunk = json.loads(line[6:])
+                        choices = chunk.get("choices") or []
+                        if choices and choices[0].get("delta", {}).get("content"):
+                            result.tokens += 1
+                            if result.ttft_s is None:
+                                result.ttft_s = time.perf_counter() - started
+                result.e2e_s = time.perf_counter() - started
+                result.ok = done and result.tokens == arrival.max_tokens
+                if not result.ok:
+                    result.error = f"broken stream after {result.tokens} tokens"
+    except TimeoutError:
+        result.error = "timeout"
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        result.error = type(exc).__name__
+
+
+@dataclass
+class Samples:
+    """``GET /v1/models/{id}`` once a second: (time from the trace's start, desired, ready)."""
+
+    points: list[tuple[float, int, int, str]] = field(default_factory=list)
+
+    def instance_seconds(self, until_s: float) -> float:
+        total = 0.0
+        for (t0, _, ready, _), (t1, _, _, _) in zip(self.points, self.points[1:], strict=False):
+            if t0 >= 0 and t0 < until_s:
+                total += ready * (min(t1, until_s) - t0)
+        return total
+
+
+async def _poll(url: str, model_id: str, origin: float, aif: Aif, samples: Samples) -> None:
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                model = (await client.get(f"{url}/v1/models/{model_id}")).json()["model"]
+                samples.points.append(
+                    (time.perf_counter() - origin, model["instances"],
+                     model["ready_instances"], model["status"])
+                )  # fmt: skip
+            for engine in aif.engines():
+                _pin(engine.pid, LOAD_CORE)
+            await asyncio.sleep(1.0)
+
+
+def _get(url: str, model_id: str) -> dict[str, Any]:
+    model: dict[str, Any] = httpx.get(f"{url}/v1/models/{model_id}", timeout=5).json()["model"]
+    return model
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> float:
+    """Wait for ``predicate()``; the seconds it took."""
+    began = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - began > timeout_s:
+            raise RuntimeError(f"{what}: not within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return time.perf_counter() - began
+
+
+def register(url: str, min_instance: int, max_instance: int) -> str:
+    body = {
+        "name": MODEL_NAME, "type": MODEL_TYPE, "resource_type": "huawei.com/ascend-1980",
+        "version": "1.0.0", "max_instance": max_instance, "min_instance": min_instance,
+        "pvc": {"name": "release-models", "path": "x/y"},
+        "slo": {"target_time_to_first_token_p95": TTFT_TARGET_MS,
+                "target_time_per_output_token_p95": TPOT_TARGET_MS},
+    }  # fmt: skip
+    answer = httpx.post(f"{url}/v1/models", json=body, timeout=10)
+    answer.raise_for_status()
+    model_id: str = answer.json()["model"]["id"]
+    _wait(
+        lambda: (
+            (m := _get(url, model_id))["status"] == "ACTIVE"
+            and m["ready_instances"] == min_instance
+        ),
+        60,
+        "model ACTIVE",
+    )
+    return model_id
+
+
+@dataclass
+class Run:
+    label: str
+    results: list[Result]
+    samples: Samples
+    trace_s: float
+    last_answer_s: float
+    idle_to_min_s: float | None = None
+    replicas_at_end: int | None = None
+    decisions: list[str] = field(default_factory=list)
+
+
+async def replay(label: str, aif: Aif, model_id: str, trace: list[Arrival], trace_s: float) -> Run:
+    import aiohttp
+
+    samples = Samples()
+    results = [Result(a.at_s) for a in trace]
+    origin = time.perf_counter()
+    poller = asyncio.create_task(_poll(aif.url, model_id, origin, aif, samples))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
+        tasks = []
+        for arrival, result in zip(trace, results, strict=True):
+            await asyncio.sleep(max(0.0, origin + arrival.at_s - time.perf_counter()))
+            tasks.append(asyncio.create_task(_one(session, aif.url, arrival, result)))
+        await asyncio.gather(*tasks)
+    last_answer_s = time.perf_counter() - origin
+    await asyncio.sleep(1.5)  # one more sample past the end
+    poller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poller
+    return Run(label, results, samples, trace_s, last_answer_s)
+
+
+def decisions(log: Path, origin_wall: float) -> list[str]:
+    """The scaling decisions of aif's log: seconds from the trace's start, from → to, why."""
+    out = []
+    pattern = re.compile(
+        r"^(\S+ \S+),(\d+) .*scaling decision .* from=(\d+) to=(\d+) reason='([^']*)'"
+        r".*?stage=(\S+) slo_ratio=(\S+).*?request_rate=(\S+) in_flight=(\S+) queued=(\S+)"
+    )
+    for line in log.read_text(errors="replace").splitlines():
+        m = pattern.match(line)
+        if m is None:
+            continue
+        stamp = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(m[2]) / 1000
+        ratio = m[7] if m[7] == "None" else f"{float(m[7]):.2f}"
+        out.append(
+            f"t={stamp - origin_wall:6.1f}s {m[3]}→{m[4]} {m[5]!r} (stage {m[6]}, slo ratio "
+            f"{ratio}, {float(m[8]):.1f} req/s, {m[9]} in flight, {m[10]} queued)"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@dataclass
+class Figures:
+    windows_met: int
+    windows: int
+    failed: int
+    instance_s: float
+    ttft_p95_ms: float | None
+    tpot_p95_ms: float | None
+    missed: list[str]
+
+
+def figures(run: Run) -> Figures:
+    n_windows = math.ceil(run.trace_s / WINDOW_S)
+    met, missed = 0, []
+    for w in range(n_windows):
+        inside = [r for r in run.results if w * WINDOW_S <= r.sent_at < (w + 1) * WINDOW_S]
+        ttft = _p95([r.ttft_s * 1000 for r in inside if r.ok and r.ttft_s is not None])
+        tpot = _p95([t for r in inside if r.ok and (t := r.tpot_ms) is not None])
+        failed = sum(not r.ok for r in inside)
+        ok = (
+            not failed
+            and (ttft is None or ttft <= TTFT_TARGET_MS)
+            and (tpot is None or tpot <= TPOT_TARGET_MS)
+        )
+        met += ok
+        if not ok:
+            missed.append(
+                f"[{w * WINDOW_S:.0f},{(w + 1) * WINDOW_S:.0f})s: {len(inside)} req, TTFT p95 "
+                f"{_fmt(ttft)} ms, TPOT p95 {_fmt(ttft and tpot, 1)} ms, {failed} failed"
+            )
+    ok_results = [r for r in run.results if r.ok]
+    return Figures(
+        met,
+        n_windows,
+        sum(not r.ok for r in run.results),
+        run.samples.instance_seconds(run.last_answer_s),
+        _p95([r.ttft_s * 1000 for r in ok_results if r.ttft_s is not None]),
+        _p95([t for r in ok_results if (t := r.tpot_ms) is not None]),
+        missed,
+    )
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(runs: list[Run]) -> str:
+    rows = [
+        "| configuration | windows meeting both SLOs | failed requests | ready instance-seconds "
+        "| vs static max | TTFT p95 (all) | TPOT p95 (all) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    static_max = next((figures(r).instance_s for r in runs if r.label == "static max"), None)
+    for run in runs:
+        f = figures(run)
+        share = f"{f.instance_s / static_max:.0%}" if static_max else "-"
+        rows.append(
+            f"| {run.label} | {f.windows_met}/{f.windows} ({f.windows_met / f.windows:.0%}) | "
+            f"{f.failed} of {len(run.results)} | {f.instance_s:,.0f} | {share} | "
+            f"{_fmt(f.ttft_p95_ms)} ms | {_fmt(f.tpot_p95_ms, 1)} ms |"
+        )
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_config(
+    label: str, bounds: tuple[int, int], trace: list[Arrival], trace_s: float, work: Path
+) -> tuple[Run, Aif | None, str]:
+    """One replay on a fresh aif; for the policy, aif is left running for the zero phase."""
+    aif = Aif(work, label.replace(" ", "-"))
+    keep = False
+    try:
+        model_id = register(aif.url, *bounds)
+        print(f"  {label}: replaying {len(trace)} requests over {trace_s:.0f}s ...", flush=True)
+        origin_wall = time.time()
+        run = asyncio.run(replay(label, aif, model_id, trace, trace_s))
+        if label == "aif policy":
+            end = _get(aif.url, model_id)
+            run.replicas_at_end = end["instances"]
+            # Back to min_instance from the last answer (the poller's last sample is 1.5 s on).
+            run.idle_to_min_s = run.last_answer_s + _wait(
+                lambda: (
+                    (m := _get(aif.url, model_id))["instances"] == bounds[0]
+                    and m["ready_instances"] == bounds[0]
+                ),
+                SCALE_WINDOW_S + IDLE_WINDOW_S + 6 * (SCALE_INTERVAL_S + 5) + 60,
+                "back to min_instance",
+            )
+            run.idle_to_min_s -= run.last_answer_s
+            keep = True
+        run.decisions = decisions(aif.log, origin_wall)
+        return run, aif if keep else None, model_id
+    finally:
+        if not keep:
+            aif.stop()
+
+
+@dataclass
+class Zero:
+    idle_to_zero_s: float
+    engine_started_s: float | None  # from the request's send
+    engine_ready_s: float | None
+    first_token_s: float | None
+    ok: bool
+
+
+def zero_phase(aif: Aif, model_id: str) -> Zero:
+    """min_instance 0: idle down to zero, then one request woken from it."""
+    httpx.put(f"{aif.url}/v1/models/{model_id}", json={"min_instance": 0}, timeout=10)
+    # The trace ended a while ago: idle since then; measure from a last request now.
+    answer = httpx.post(
+        f"{aif.url}/v1/chat/completions",
+        json={"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}],
+              "max_tokens": 4},
+        timeout=60,
+    )  # fmt: skip
+    answer.raise_for_status()
+    idle_to_zero_s = _wait(
+        lambda: (m := _get(aif.url, model_id))["status"] == "IDLE" and m["ready_instances"] == 0,
+        SCALE_WINDOW_S + IDLE_WINDOW_S + 30,
+        "scaled to zero",
+    )
+    _wait(lambda: not aif.engines(), 30, "no engine left")
+    zero = asyncio.run(_wake(aif))
+    zero.idle_to_zero_s = idle_to_zero_s
+    return zero
+
+
+async def _wake(aif: Aif) -> Zero:
+    import aiohttp
+
+    sent = time.perf_counter()
+    result = Result(0.0)
+    started_s: list[float] = []
+    ready_s: list[float] = []
+
+    async def watch() -> None:
+        async with httpx.AsyncClient(timeout=1, trust_env=False) as client:
+            while not ready_s:
+                for engine in aif.engines():
+                    with contextlib.suppress(psutil.Error, ValueError):
+                        argv = engine.cmdline()
+                        if not started_s:  # first seen (polled every 10 ms)
+                            started_s.append(time.perf_counter() - sent)
+                        port = argv[argv.index("--port") + 1]
+                        with contextlib.suppress(httpx.HTTPError):
+                            health = await client.get(f"http://127.0.0.1:{port}/health")
+                            if health.status_code == 200:
+                                ready_s.append(time.perf_counter() - sent)
+                await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await _one(session, aif.url, Arrival(0.0, 16, "wake up"), result)
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(watcher, 5)
+    return Zero(
+        0.0,
+        started_s[0] if started_s else None,
+        ready_s[0] if ready_s else None,
+        result.ttft_s,
+        result.ok,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 40 s per configuration")
+    parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work dir and logs")
+    args = parser.parse_args(argv)
+    phases = FULL_TRACE
+    if args.quick:
+        phases = tuple(Phase(p.name, p.rate, p.duration_s * QUICK_SCALE) for p in phases)
+    trace_s = sum(p.duration_s for p in phases)
+    trace = make_trace(phases, args.seed)
+    work = Path(tempfile.mkdtemp(prefix="aif-autoscale-bench-"))
+    live: list[Aif] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    _pin(0, LOAD_CORE)
+    shape = ", ".join(f"{p.name} {p.rate:g}/s for {p.duration_s:g}s" for p in phases)
+    print(f"# autoscale benchmark ({'quick' if args.quick else 'full'}); logs in {work}")
+    print(f"trace (seed {args.seed}): {shape}; {len(trace)} requests of 64-192 tokens")
+    print(
+        f"engines: {MODEL_TYPE} preset latency, --max-num-seqs {MAX_NUM_SEQS}; SLO p95 TTFT "
+        f"<= {TTFT_TARGET_MS} ms, TPOT <= {TPOT_TARGET_MS} ms per {WINDOW_S:g}s window"
+    )
+    print(f"scaler: interval {SCALE_INTERVAL_S:g}s, window {SCALE_WINDOW_S:g}s, upscale delay "
+          f"{UPSCALE_DELAY_S:g}s, downscale delay {DOWNSCALE_DELAY_S:g}s, idle window "
+          f"{IDLE_WINDOW_S:g}s; cores: {os.cpu_count()}", flush=True)  # fmt: skip
+    runs: list[Run] = []
+    zero: Zero | None = None
+    try:
+        for label, bounds in (("aif policy", (1, 6)), ("static max", (6, 6)),
+                              ("static min", (1, 1))):  # fmt: skip
+            run, aif, model_id = run_config(label, bounds, trace, trace_s, work)
+            runs.append(run)
+            if aif is not None:
+                live.append(aif)
+                print("  aif policy: scale-from-zero phase ...", flush=True)
+                zero = zero_phase(aif, model_id)
+                aif.stop()
+                live.remove(aif)
+        report(runs, zero)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for aif in live:
+            aif.stop()
+        if not args.keep_logs:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(runs: list[Run], zero: Zero | None) -> None:
+    print("\n" + table(runs) + "\n")
+    for run in runs:
+        f = figures(run)
+        print(f"{run.label}: last answer {run.last_answer_s:.0f}s after the trace's start "
+              f"(trace {run.trace_s:.0f}s)")  # fmt: skip
+        if f.missed:
+            print("  windows missed: " + "; ".join(f.missed[:12]))
+        failures: dict[str, int] = {}
+        for r in run.results:
+            if not r.ok:
+                failures[r.error] = failures.get(r.error, 0) + 1
+        if failures:
+            print(f"  failures: {failures}")
+        if run.idle_to_min_s is not None:
+            print(f"  at the trace's end: {run.replicas_at_end} instances; back to min_instance "
+                  f"{run.idle_to_min_s:.1f}s after the last answer")  # fmt: skip
+        if run.decisions:
+            print(f"  scaling decisions ({len(run.decisions)}):")
+            for line in run.decisions:
+                print(f"    {line}")
+    if zero is not None:
+        bound = SCALE_WINDOW_S + IDLE_WINDOW_S + SCALE_INTERVAL_S
+        print(f"\nscale to zero: IDLE with 0 ready {zero.idle_to_zero_s:.1f}s after the last "
+              f"answer (window {SCALE_WINDOW_S:g}s + idle window {IDLE_WINDOW_S:g}s + one "
+              f"interval = {bound:g}s)")  # fmt: skip
+        print(f"scale from zero: engine process seen {_fmt(zero.engine_started_s, 2)}s, "
+              f"ready {_fmt(zero.engine_ready_s, 2)}s, first token {_fmt(zero.first_token_s, 2)}s "
+              f"after the request was sent; answered whole: {zero.ok}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
