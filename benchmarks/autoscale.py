@@ -73,21 +73,6 @@ UPSCALE_DELAY_S = 5.0
 DOWNSCALE_DELAY_S = 30.0
 IDLE_WINDOW_S = 20.0
 
-# PolicyConfig.idle_window_s has no setting yet (fixed at 300 s): this launcher hands it
-# AIF_SCALE_IDLE_WINDOW_S, and changes nothing once the settings have the field.
-IDLE_WINDOW_LAUNCHER = """
-import functools, os, sys
-import api.app
-from domain.settings import Settings
-if "scale_idle_window_s" not in Settings.model_fields:
-    api.app.PolicyConfig = functools.partial(
-        api.app.PolicyConfig, idle_window_s=float(os.environ["AIF_SCALE_IDLE_WINDOW_S"])
-    )
-from api.cli import app
-sys.argv = ["aif", *sys.argv[1:]]
-app()
-"""
-
 
 @dataclass(frozen=True)
 class Phase:
@@ -187,11 +172,11 @@ class Aif:
             "AIF_SCALE_WINDOW_S": str(SCALE_WINDOW_S),
             "AIF_SCALE_UPSCALE_DELAY_S": str(UPSCALE_DELAY_S),
             "AIF_SCALE_DOWNSCALE_DELAY_S": str(DOWNSCALE_DELAY_S),
-            "AIF_SCALE_IDLE_WINDOW_S": str(IDLE_WINDOW_S),
+            "AIF_SCALE_IDLE_S": str(IDLE_WINDOW_S),
         }
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-c", IDLE_WINDOW_LAUNCHER, "serve", "--port", str(self.port),
+                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
                  "--data-dir", str(work / f"data-{label}")],
                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=REPO, start_new_session=True,

@@ -18,22 +18,6 @@ import pytest
 
 from tests.conftest import free_port
 
-# Runs ``aif`` with the policy's idle window taken from ``AIF_SCALE_IDLE_WINDOW_S`` while the
-# settings have no such field (``PolicyConfig.idle_window_s`` is fixed at 300 s otherwise);
-# once they do, the variable reaches the policy the ordinary way and this changes nothing.
-IDLE_WINDOW_LAUNCHER = """
-import functools, os, sys
-import api.app
-from domain.settings import Settings
-if "scale_idle_window_s" not in Settings.model_fields:
-    api.app.PolicyConfig = functools.partial(
-        api.app.PolicyConfig, idle_window_s=float(os.environ["AIF_SCALE_IDLE_WINDOW_S"])
-    )
-from api.cli import app
-sys.argv = ["aif", *sys.argv[1:]]
-app()
-"""
-
 
 def engine_processes(model_name: str) -> list[psutil.Process]:
     """Live engine processes serving ``model_name``, whoever their parent is."""
@@ -72,13 +56,11 @@ class Server:
             "AIF_LOG_LEVEL": "WARNING",
             **self.env,
         }
-        launcher = ["-m", "api.cli"]
         if self.idle_window_s is not None:
-            env["AIF_SCALE_IDLE_WINDOW_S"] = str(self.idle_window_s)
-            launcher = ["-c", IDLE_WINDOW_LAUNCHER]
+            env["AIF_SCALE_IDLE_S"] = str(self.idle_window_s)
         log = (self.data_dir.parent / f"aif-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, *launcher, self.command, "--port", str(self.port),
+            [sys.executable, "-m", "api.cli", self.command, "--port", str(self.port),
              "--data-dir", str(self.data_dir)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
