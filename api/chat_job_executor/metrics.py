@@ -2,10 +2,11 @@
 
 Per model (label ``model``): time to first token, inter-token latency, time per output token
 (per request, as a client measures it: ``(e2e - TTFT) / (output tokens - 1)``) and e2e
-latency histograms, with vLLM's bucket boundaries under an ``aif_`` prefix; requests by status
-code; requests in flight and queued; requests rejected, by reason. Per instance: in flight,
-and ejections. Control plane: models by status, instances desired and ready. The scaler reads
-these (through Prometheus, or from this registry in-process).
+latency histograms, with vLLM's bucket boundaries (and finer ones where SLO targets sit)
+under an ``aif_`` prefix; requests by status code; requests in flight and queued; requests
+rejected, by reason. Per instance: in flight, and ejections. Control plane: models by
+status, instances desired and ready. The scaler reads these (through Prometheus, or from this
+registry in-process).
 
 Gauges are read from the routing table at scrape time, so the request path pays nothing for
 them; inter-token gaps are counted per chunk into plain bucket counters (a bisect and an add)
@@ -25,11 +26,9 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from api.chat_job_executor.routing import Route
-from domain.latency import (
-    REQUEST_LATENCY_BUCKETS_S,
-    TOKEN_LATENCY_BUCKETS_S,
-    TTFT_BUCKETS_S,
-)
+from domain.latency import GATEWAY_TOKEN_LATENCY_BUCKETS_S as TOKEN_LATENCY_BUCKETS_S
+from domain.latency import GATEWAY_TTFT_BUCKETS_S as TTFT_BUCKETS_S
+from domain.latency import REQUEST_LATENCY_BUCKETS_S
 from domain.records import ModelStatus
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from domain.latency import TOKEN_LATENCY_BUCKETS_S, TTFT_BUCKETS_S
+from domain.latency import GATEWAY_TOKEN_LATENCY_BUCKETS_S as TOKEN_LATENCY_BUCKETS_S
+from domain.latency import GATEWAY_TTFT_BUCKETS_S as TTFT_BUCKETS_S
 
 
 class FakeGateway:

@@ -35,10 +35,11 @@ class Clock:
         return self.now
 
 
-TTFT_S = [0.05] * 60 + [0.3] * 40  # p95 in (0.25, 0.5]: 0.25 + 0.25 * (95 - 60) / 40
-TTFT_P95_MS = 468.75
-TPOT_S = [0.03] * 100  # p95 in (0.025, 0.05]: 0.025 + 0.025 * 95 / 100
-TPOT_P95_MS = 48.75
+# The gateway's buckets (finer than vLLM's where SLO targets sit).
+TTFT_S = [0.05] * 60 + [0.3] * 40  # p95 in (0.25, 0.3]: 0.25 + 0.05 * (95 - 60) / 40
+TTFT_P95_MS = 293.75
+TPOT_S = [0.03] * 100  # p95 in (0.025, 0.03]: 0.025 + 0.005 * 95 / 100
+TPOT_P95_MS = 29.75
 
 
 async def test_percentiles_rate_and_gauges_over_the_window() -> None:

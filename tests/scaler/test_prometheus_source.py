@@ -26,8 +26,9 @@ from scaler.prometheus_source import PrometheusSource, promql_string
 from tests.scaler.fake_gateway import FakeGateway
 
 ODD_NAME = 'we"ird\\name'
-TTFT_S = [0.05] * 60 + [0.3] * 40  # p95: 0.25 + 0.25 * (95 - 60) / 40 = 468.75 ms
-TPOT_S = [0.03] * 100  # p95: 0.025 + 0.025 * 95 / 100 = 48.75 ms
+# The gateway's buckets: p95 in (0.25, 0.3]: 0.25 + 0.05 * (95 - 60) / 40 = 293.75 ms
+TTFT_S = [0.05] * 60 + [0.3] * 40
+TPOT_S = [0.03] * 100  # p95 in (0.025, 0.03]: 0.025 + 0.005 * 95 / 100 = 29.75 ms
 WINDOW_S = 30
 
 
@@ -163,8 +164,8 @@ async def test_percentiles_rate_and_gauges_from_prometheus(world: World) -> None
     finally:
         await source.close()
     assert snapshot is not None
-    assert snapshot.ttft_p95_ms == pytest.approx(468.75)
-    assert snapshot.tpot_p95_ms == pytest.approx(48.75)
+    assert snapshot.ttft_p95_ms == pytest.approx(293.75)
+    assert snapshot.tpot_p95_ms == pytest.approx(29.75)
     # 100 requests, seen in the last few seconds of the window; rate() extrapolates a little.
     assert 100 / WINDOW_S <= snapshot.request_rate < 2 * 100 / WINDOW_S
     assert (snapshot.in_flight, snapshot.queued) == (7, 2)
