@@ -104,8 +104,9 @@ def create_app(
         lifespan=_lifespan(settings, roles, store, deployer_factory),
     )
     install_error_handlers(app)
-    app.add_middleware(JsonDepthLimit, limits=body_limits(settings))
-    app.add_middleware(BodySizeLimit, limits=body_limits(settings))
+    limits = body_limits(settings)
+    app.add_middleware(JsonDepthLimit, limits=limits)
+    app.add_middleware(BodySizeLimit, limits=limits)
     # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
     app.add_middleware(UnexpectedErrors)
     app.state.registry = CollectorRegistry()
@@ -116,7 +117,7 @@ def create_app(
     if Role.FRONTEND in roles:
         app.include_router(models.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
-        served = chat.endpoints(app.state, body_limits(settings).inference)
+        served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
         app.router.routes.extend(chat.routes(served))
         app.openapi_schema = chat.document(app.openapi())
@@ -149,11 +150,16 @@ def _lifespan(
     return lifespan
 
 
+def _runs_chat_job_executor(settings: Settings, roles: frozenset[Role]) -> bool:
+    """The role itself, or a frontend that forwards inference to no other process."""
+    return Role.CHAT_JOB_EXECUTOR in roles or (
+        Role.FRONTEND in roles and not settings.chat_executor_url
+    )
+
+
 def _gateway_addresses(settings: Settings, roles: frozenset[Role]) -> list[str]:
     """Where this process serves inference, as Prometheus on this machine reaches it."""
-    if Role.CHAT_JOB_EXECUTOR not in roles and not (
-        Role.FRONTEND in roles and not settings.chat_executor_url
-    ):
+    if not _runs_chat_job_executor(settings, roles):
         return []
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return [f"http://{host}:{settings.port}"]
@@ -184,9 +190,7 @@ def build_roles(
     changes = _Listeners()
     built: list[RunningRole] = []
     chat: ChatJobExecutor | None = None
-    if Role.CHAT_JOB_EXECUTOR in roles or (
-        Role.FRONTEND in roles and not settings.chat_executor_url
-    ):
+    if _runs_chat_job_executor(settings, roles):
         chat = ChatJobExecutor(store, settings, registry=state.registry, on_write=changes.notify)
         changes.add(chat.notify_change)
         state.inference = chat

@@ -55,7 +55,6 @@ class GapSink(Protocol):
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect_s: float
     # Until the answer's headers: prefill, and the engine's own queue, under load.
     first_byte_s: float
     # Between two chunks of an answer: a stalled engine never hangs a client longer.
@@ -168,12 +167,11 @@ class Exchange:
             self._task.cancel()  # still waiting for a slot or for headers
 
     def stalled(self) -> None:
-        """The upstream sent nothing for too long: end the answer (the watchdog's call)."""
+        """The upstream sent nothing for too long: end the answer (the watchdog's call, once
+        the answer started; before that the first-byte timeout applies)."""
         self.timed_out = True
         if self._upstream is not None:
             self._upstream.close()
-        elif self._task is not None:
-            self._task.cancel()
 
     def finish(self) -> None:
         if self._watch is not None:

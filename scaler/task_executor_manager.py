@@ -19,15 +19,13 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, rewrite
 from scaler.metrics import MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
 logger = logging.getLogger(__name__)
-
-# Requests one instance serves at once, when the caller does not say (vLLM's max-num-seqs).
-DEFAULT_CAPACITY_PER_INSTANCE = 256
 
 
 class ScalerMetrics:
@@ -84,7 +82,7 @@ class TaskExecutorManager:
         policy: PolicyConfig | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
-        capacity_of: Callable[[ModelRecord], int] = lambda _: DEFAULT_CAPACITY_PER_INSTANCE,
+        capacity_of: Callable[[ModelRecord], int] = lambda record: instance_capacity(record.type),
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._store = store

@@ -71,7 +71,6 @@ class ChatJobExecutor:
         self._settings = settings
         self._refresh_interval_s = settings.routing_refresh_s
         self._timeouts = Timeouts(
-            connect_s=settings.upstream_connect_timeout_s,
             first_byte_s=settings.upstream_first_byte_timeout_s,
             idle_s=settings.upstream_idle_timeout_s,
         )

@@ -275,9 +275,6 @@ class RoutingTable:
     def routes(self) -> list[Route]:
         return list(self._routes.values())
 
-    def names(self) -> list[str]:
-        return sorted(self._routes)
-
 
 class CapacityOf(Protocol):
     def __call__(self, record: ModelRecord) -> int:
