@@ -267,7 +267,13 @@ class LocalDeployer:
     async def _probe(self, model: _Model) -> None:
         if self._client is None:
             # trust_env=False: a proxy from the environment must not sit between aif and 127.0.0.1.
-            self._client = httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, trust_env=False)
+            # No pooled connections: a probe's idle connection would count as a client to a
+            # draining engine (see _drain) and hold it for the engine's keep-alive.
+            self._client = httpx.AsyncClient(
+                timeout=HEALTH_TIMEOUT_S,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
         client, path = self._client, health_path(self._settings.engine)
         instances = list(model.instances)
         results = await asyncio.gather(*(_healthy(client, i.url + path) for i in instances))
