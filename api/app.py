@@ -27,12 +27,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
-from api.routes import chat, health, metrics, models
+from api.routes import chat, health, keys, metrics, models
+from api.services.keys import KeyService
 from api.services.models import ModelService
 from api.store import open_store
 from api.store.pool import StorePool
@@ -107,6 +109,8 @@ def create_app(
     limits = body_limits(settings)
     app.add_middleware(JsonDepthLimit, limits=limits)
     app.add_middleware(BodySizeLimit, limits=limits)
+    # Who calls, before any body is read (the inference routes check it themselves).
+    app.add_middleware(KeyCheck, state=app.state, protect_metrics=settings.metrics_require_key)
     # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
     app.add_middleware(UnexpectedErrors)
     app.state.registry = CollectorRegistry()
@@ -116,6 +120,7 @@ def create_app(
     app.include_router(metrics.router)
     if Role.FRONTEND in roles:
         app.include_router(models.router)
+        app.include_router(keys.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
         served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
@@ -141,6 +146,13 @@ def _lifespan(
             app.state.store_pool = StorePool(settings.store_workers)
             stack.callback(app.state.store_pool.close)
             app.state.gateways = _gateway_addresses(settings, roles)
+            ring = KeyRing(
+                app_store, admin_secret=settings.admin_secret(), refresh_s=settings.keys_refresh_s
+            )
+            await ring.start()
+            stack.push_async_callback(ring.stop)
+            app.state.keys = ring
+            app.state.key_service = KeyService(app_store, ring)
             for role in build_roles(settings, roles, app_store, deployer_factory, app.state):
                 await role.start()
                 stack.push_async_callback(role.stop)

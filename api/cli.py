@@ -1,12 +1,22 @@
-"""The ``aif`` command: run the control plane, one role or all, and render manifests.
+"""The ``aif`` command: run the control plane, one role or all, render manifests, manage keys.
 
 ``aif serve`` is the embedded default: every role in one process, the embedded store in the
 data dir and engines as local processes. The single-role commands are what the four
 Deployments of an installation run, against a shared MongoDB.
+
+``aif serve`` on an address other than loopback refuses to start while no API key is
+configured (``AIF_ADMIN_KEY``, ``AIF_ADMIN_KEY_FILE`` or a key in the store) unless given
+``--insecure``, which ``AIF_ENVIRONMENT=production`` refuses in turn.
+
+``aif keys create|list|revoke`` work on the store directly (``--data-dir``, or
+``AIF_MONGODB_URL``), as an operator on the machine or with the database's credentials does:
+that is how the first key is made with no admin key configured. A running server sees a
+change within ``AIF_KEYS_REFRESH_S``. Through a running server, the same is ``/v1/keys``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -16,19 +26,31 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from api.app import ALL_ROLES, Role, create_app
-from api.errors import describe_validation_errors
+from api.errors import AifError, describe_validation_errors
+from api.schemas import KeyCreate
 from api.server import server_options
-from api.store import preflight
+from api.services.keys import KeyService
+from api.store import open_store, preflight
 from domain.errors import StoreError
+from domain.keys import CLI, ApiKey
+from domain.records import format_timestamp
 from domain.settings import Settings
+from domain.store import ModelStore
 
 app = typer.Typer(
     help="aif: register, deploy, scale and serve large language models.",
     no_args_is_help=True,
     add_completion=False,
 )
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys, in the store directly (see /v1/keys for the API).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 HostOption = Annotated[
@@ -51,7 +73,57 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: Path | None) -> None:
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]cannot start:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _has_key(settings: Settings) -> bool:
+    """Whether any API key is configured: the bootstrap admin key, or one in the store."""
+    if settings.admin_secret():
+        return True
+    store = open_store(settings)
+    try:
+        return store.keys_version() != "0:0"
+    finally:
+        store.close()
+
+
+def _check_exposure(settings: Settings, insecure: bool) -> None:
+    """Refuse to serve unauthenticated beyond this machine (see the module)."""
+    if insecure and settings.environment == "production":
+        raise _fail(
+            "--insecure is refused with AIF_ENVIRONMENT=production: set AIF_ADMIN_KEY "
+            "(or AIF_ADMIN_KEY_FILE), or create a key with `aif keys create`",
+            2,
+        )
+    if is_loopback(settings.host) or insecure or _has_key(settings):
+        return
+    raise _fail(
+        f"no API key is configured and --host {settings.host} is reachable from other "
+        "machines: set AIF_ADMIN_KEY (or AIF_ADMIN_KEY_FILE), create a key with "
+        "`aif keys create`, or pass --insecure to serve without keys",
+        2,
+    )
+
+
+def _run(
+    roles: frozenset[Role],
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    *,
+    insecure: bool | None = None,
+) -> None:
     settings = _settings(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -59,9 +131,16 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
     )
     try:
         preflight(settings)
+        if insecure is not None:
+            _check_exposure(settings, insecure)
+        elif not is_loopback(settings.host) and not _has_key(settings):
+            logging.getLogger(__name__).warning(
+                "no API key is configured: /v1 on %s is open to anyone who reaches it "
+                "(set AIF_ADMIN_KEY)",
+                settings.host,
+            )
     except (StoreError, OSError) as exc:
-        err_console.print(f"[red]cannot start:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from exc
+        raise _fail(str(exc)) from exc
     application = create_app(settings, roles)
     # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
     # programs run (a model-job-executor deploying to Kubernetes).
@@ -80,10 +159,24 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
     )
 
 
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Serve with no API key on an address other than loopback (refused in production).",
+    ),
+]
+
+
 @app.command()
-def serve(host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None) -> None:
+def serve(
+    host: HostOption = None,
+    port: PortOption = None,
+    data_dir: DataDirOption = None,
+    insecure: InsecureOption = False,
+) -> None:
     """Run the whole control plane in one process (the embedded default)."""
-    _run(ALL_ROLES, host, port, data_dir)
+    _run(ALL_ROLES, host, port, data_dir, insecure=insecure)
 
 
 @app.command()
@@ -138,6 +231,94 @@ def render(
         err_console.print(f"[red]invalid model:[/red] {exc}")
         raise typer.Exit(2) from exc
     sys.stdout.write(documents)
+
+
+def _key_service(data_dir: Path | None) -> tuple[KeyService, ModelStore]:
+    settings = _settings(data_dir=data_dir)
+    try:
+        store = open_store(settings)
+    except (StoreError, OSError) as exc:
+        err_console.print(f"[red]cannot open the store:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    return KeyService(store), store
+
+
+def _key_table(keys: list[ApiKey]) -> Table:
+    table = Table("id", "name", "scope", "models", "rpm", "tpm", "prefix", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            key.id,
+            key.name,
+            key.scope,
+            ", ".join(key.models) if key.models is not None else "all",
+            str(key.rpm or "-"),
+            str(key.tpm or "-"),
+            key.prefix + "...",
+            format_timestamp(key.created_at),
+            format_timestamp(key.revoked_at) if key.revoked_at else "",
+        )
+    return table
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. the application.")],
+    scope: Annotated[
+        str, typer.Option("--scope", help="admin (everything) or inference.")
+    ] = "inference",
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="A model the key may use (repeat it); default: all."),
+    ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens per minute.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a key and print its secret, once: aif keeps only its hash."""
+    try:
+        body = KeyCreate.model_validate(
+            {"name": name, "scope": scope, "models": model or None, "rpm": rpm, "tpm": tpm}
+        )
+    except ValidationError as exc:
+        message, _ = describe_validation_errors(list(exc.errors()))
+        err_console.print(f"[red]invalid key:[/red] {message}", highlight=False)
+        raise typer.Exit(2) from exc
+    service, store = _key_service(data_dir)
+    try:
+        key, secret = service.create(body, CLI)
+    finally:
+        store.close()
+    err_console.print(_key_table([key]))
+    err_console.print("The secret, shown this once (send it as 'Authorization: Bearer <key>'):")
+    sys.stdout.write(secret + "\n")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = None) -> None:
+    """Every key, revoked ones too; never a secret."""
+    service, store = _key_service(data_dir)
+    try:
+        keys = service.list()
+    finally:
+        store.close()
+    console.print(_key_table(keys))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (aif keys list shows it).")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke a key: running servers refuse it within AIF_KEYS_REFRESH_S (1 s)."""
+    service, store = _key_service(data_dir)
+    try:
+        key = service.revoke(key_id, CLI)
+    except AifError as exc:
+        err_console.print(f"[red]cannot revoke:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    console.print(_key_table([key]))
 
 
 if __name__ == "__main__":

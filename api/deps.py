@@ -3,15 +3,28 @@
 Everything here was built in the app's lifespan (:mod:`api.app`) and lives on ``app.state``;
 tests swap it through ``app.dependency_overrides`` or by passing their own objects to
 :func:`api.app.create_app`.
+
+Who calls was settled by :class:`api.auth.KeyCheck` before the route ran
+(``request.state.principal``); :data:`PrincipalDep` hands it over (and names the bearer
+scheme in the OpenAPI document), :data:`AdminDep` refuses anyone but an admin key with 403.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.auth import Principal
+from api.errors import Unauthorized
+from api.schemas import ErrorBody
+from api.services.keys import KeyService
 from api.services.models import ModelService
+
+# The OpenAPI name of ``Authorization: Bearer <key>``.
+BEARER_SCHEME = "HTTPBearer"
+_bearer = HTTPBearer(auto_error=False, scheme_name=BEARER_SCHEME)
 
 
 def get_model_service(request: Request) -> ModelService:
@@ -19,4 +32,61 @@ def get_model_service(request: Request) -> ModelService:
     return service
 
 
+def get_key_service(request: Request) -> KeyService:
+    service: KeyService = request.app.state.key_service
+    return service
+
+
+def get_principal(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:  # KeyCheck guards every /v1 route: this is a wiring fault
+        raise Unauthorized("no API key was checked for this route")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep, request: Request) -> Principal:
+    principal.require_admin(f"{request.method} {request.url.path}")
+    return principal
+
+
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
+KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# What every /v1 route may answer because of the caller's key (api.auth).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("no API key, or not a valid one (once any key exists)"),
+    403: _error("the key's scope or models do not allow this"),
+    429: _error("the key's requests or tokens per minute are used up (see Retry-After)"),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, besides the key's."""
+    described = {
+        400: "the body is not valid JSON, or nests too deep",
+        404: "no such object (or one the key may not see)",
+        409: "conflicts with the current state",
+        413: "the body is larger than this route takes",
+        422: "the body or a parameter breaks a rule; the message names it",
+    }
+    return {**AUTH_ERRORS, **{code: _error(described[code]) for code in codes}, **STORE_ERRORS}
+
+
+# What any route that reads or writes the store may answer when the store fails.
+STORE_ERRORS: dict[int | str, dict[str, Any]] = {
+    500: _error("the store is damaged (the message names the file and what to do)"),
+    503: _error("the store cannot answer now (see Retry-After)"),
+    507: _error("the disk under the store is full"),
+}

@@ -6,10 +6,14 @@ Hierarchy::
     ├── InvalidRequest           422  invalid_request_error (names the field in ``param``)
     │   └── MalformedBody        400  invalid_request_error (JSON that does not parse)
     ├── PayloadTooLarge          413  invalid_request_error
+    ├── Unauthorized             401  authentication_error (no key, or not a valid one)
+    ├── Forbidden                403  permission_error (the key's scope or models forbid it)
+    ├── KeyNotFound              404  not_found_error
     ├── ModelNotFound            404  not_found_error
     ├── ModelConflict            409  conflict_error (duplicate name, model being deleted)
     ├── ModelNotReady            503  service_unavailable_error (Retry-After when known)
     ├── Overloaded               429  rate_limit_error (Retry-After)
+    │   └── RateLimited          429  rate_limit_error: the key's rpm or tpm (Retry-After)
     ├── UpstreamError            502  upstream_error
     ├── StoreUnavailableError    503  service_unavailable_error (Retry-After)
     └── InsufficientStorage      507  insufficient_storage_error
@@ -83,6 +87,25 @@ class PayloadTooLarge(AifError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(AifError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": "Bearer"}
+
+
+class Forbidden(AifError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class KeyNotFound(AifError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class ModelNotFound(AifError):
     status_code = 404
     error_type = "not_found_error"
@@ -101,6 +124,10 @@ class ModelNotReady(AifError):
 class Overloaded(AifError):
     status_code = 429
     error_type = "rate_limit_error"
+
+
+class RateLimited(Overloaded):
+    """A key's own limit, not the model's capacity."""
 
 
 class UpstreamError(AifError):

@@ -45,7 +45,8 @@ class ChatForwarder:
     """Passes inference requests to a remote chat-job-executor and streams its answers back.
 
     Its answers, errors included, come back as they are: the chat-job-executor already speaks
-    the API's words. Only an unreachable chat-job-executor is the frontend's own 502.
+    the API's words. Only an unreachable chat-job-executor is the frontend's own 502. The
+    caller's ``Authorization`` header is passed on: the chat-job-executor checks the key too.
     """
 
     def __init__(self, url: str, client: UpstreamClient, *, first_byte_s: float) -> None:
@@ -56,9 +57,14 @@ class ChatForwarder:
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
     ) -> None:
+        # The key goes along: the chat-job-executor checks it and counts its limits too.
+        key = exchange.header(b"authorization")
         try:
             upstream = await self._client.post(
-                self._url + path, body, first_byte_s=self._first_byte_s
+                self._url + path,
+                body,
+                first_byte_s=self._first_byte_s,
+                headers={"authorization": key} if key else None,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("chat-job-executor unreachable url=%s error=%r", self._url, exc)

@@ -46,6 +46,8 @@ HOP_HEADERS = frozenset(
 EVENT_STREAM = "text/event-stream"
 # The usage an engine reports at the end of an answer, read from its last bytes only.
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 _DATA_EVENT = b"data: "
 
 
@@ -91,15 +93,21 @@ class UpstreamClient:
         assert self._session is not None, "start() the client first"
         return self._session
 
-    async def post(self, url: str, body: bytes, *, first_byte_s: float) -> aiohttp.ClientResponse:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        first_byte_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
         """POST ``body`` and return once the answer's headers arrived; the body streams."""
+        # Uncompressed: bytes pass through as they come, with no decoding on the way.
+        sent = {"content-type": "application/json", "accept-encoding": "identity"}
+        if headers:
+            sent.update(headers)
         async with asyncio.timeout(first_byte_s):
-            return await self.session.post(
-                url,
-                data=body,
-                # Uncompressed: bytes pass through as they come, with no decoding on the way.
-                headers={"content-type": "application/json", "accept-encoding": "identity"},
-            )
+            return await self.session.post(url, data=body, headers=sent)
 
 
 @dataclass
@@ -112,6 +120,9 @@ class Outcome:
     finished_at: float = 0.0
     events: int = 0
     completion_tokens: int | None = None
+    # usage.prompt_tokens and usage.total_tokens, when the answer reports them.
+    prompt_tokens: int | None = None
+    total_tokens: int | None = None
     # Set when the answer broke after bytes flowed: the instance's fault, not the client's.
     failure: str = ""
 
@@ -121,6 +132,13 @@ class Outcome:
         if self.completion_tokens is not None:
             return self.completion_tokens
         return max(0, self.events - 2)
+
+    @property
+    def tokens(self) -> int:
+        """What the answer cost a key's tokens-per-minute: ``usage``, else the output."""
+        if self.total_tokens is not None:
+            return self.total_tokens
+        return (self.prompt_tokens or 0) + self.output_tokens
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -143,6 +161,8 @@ class Exchange:
         self.gone = False
         self.timed_out = False
         self.response_started = False
+        # The upstream answer's outcome, once relayed (a key's token count reads it).
+        self.outcome: Outcome | None = None
 
     def header(self, name: bytes) -> str | None:
         """A request header's value (``name`` in lower case), or None."""
@@ -205,6 +225,7 @@ class Exchange:
         self._upstream = upstream
         content_type = upstream.headers.get("content-type", "")
         outcome = Outcome(status=upstream.status, streamed=content_type.startswith(EVENT_STREAM))
+        self.outcome = outcome
         headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in HOP_HEADERS]
         send = self._send
         self.last_activity = time.monotonic()
@@ -239,6 +260,12 @@ class Exchange:
         found = _COMPLETION_TOKENS.findall(tail)
         if found:
             outcome.completion_tokens = int(found[-1])
+        found = _PROMPT_TOKENS.findall(tail)
+        if found:
+            outcome.prompt_tokens = int(found[-1])
+        found = _TOTAL_TOKENS.findall(tail)
+        if found:
+            outcome.total_tokens = int(found[-1])
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return outcome
 

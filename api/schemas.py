@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from domain.keys import ApiKey, AuditAction, AuditEvent, KeyScope
 from domain.presets import load_presets
 from domain.records import ModelRecord, ModelStatus, format_timestamp
 from domain.settings import RoutingPolicyName
@@ -236,3 +237,117 @@ class ModelList(BaseModel):
                 OpenAIModelCard(id=r.name, created=int(r.created_at.timestamp())) for r in records
             ],
         )
+
+
+# --- API keys and the audit trail ----------------------------------------------------------
+
+KeyName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
+
+
+class KeyCreate(_Body):
+    """The body of ``POST /v1/keys``."""
+
+    name: KeyName
+    scope: KeyScope = Field(description="admin: everything; inference: models and inference")
+    models: list[ModelName] | None = Field(
+        default=None,
+        min_length=1,
+        description="inference keys only: the model names it may see and use (default: all)",
+    )
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000, description="requests per minute")
+    tpm: int | None = Field(
+        default=None, ge=1, le=10_000_000_000, description="tokens per minute (usage)"
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _models_for_inference_only(
+        cls, value: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        if value is not None and info.data.get("scope") == "admin":
+            raise ValueError("only an inference key can be limited to models")
+        return value
+
+
+class KeyPublic(BaseModel):
+    """A key as ``/v1/keys`` shows it: never its secret, only the secret's first characters."""
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    scope: KeyScope
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    prefix: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @field_serializer("created_at")
+    def _timestamp(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    @field_serializer("revoked_at")
+    def _revoked(self, value: datetime | None) -> str | None:
+        return format_timestamp(value) if value is not None else None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyPublic:
+        return cls(**key.model_dump(exclude={"secret_hash"}))
+
+
+class KeyCreated(BaseModel):
+    key: KeyPublic
+    secret: str = Field(description="the key itself, shown this once: aif keeps only its hash")
+
+
+class KeyEnvelope(BaseModel):
+    key: KeyPublic
+
+
+class KeyList(BaseModel):
+    keys: list[KeyPublic]
+    object: Literal["list"] = "list"
+
+
+class AuditEventPublic(BaseModel):
+    """One change: who (a key id, ``scaler``, ``cli`` or ``anonymous``), what, when."""
+
+    id: str
+    at: datetime
+    actor: str
+    action: AuditAction
+    model_id: str
+    model_name: str
+    key_id: str
+    changes: dict[str, dict[str, Any]] = Field(
+        description='each changed field: {"from": before, "to": after}'
+    )
+    reason: str
+
+    @field_serializer("at")
+    def _timestamp(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventPublic:
+        return cls(**event.model_dump())
+
+
+class AuditList(BaseModel):
+    events: list[AuditEventPublic]
+    object: Literal["list"] = "list"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """Every error's body: OpenAI's shape."""
+
+    error: ErrorDetail

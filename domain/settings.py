@@ -63,6 +63,15 @@ class Settings(ClusterConfig, BaseSettings):
     mongodb_url: SecretStr | None = None
     mongodb_database: str = "aif"
 
+    # API keys: a bootstrap admin key (or a file holding it); once any key exists, /v1/*
+    # needs one. /metrics and /discovery/prometheus need one too when metrics_require_key.
+    admin_key: SecretStr | None = None
+    admin_key_file: Path | None = None
+    metrics_require_key: bool = False
+    # How often each process checks the store for keys created or revoked elsewhere: the
+    # bound on how long a key revoked by another process keeps working here.
+    keys_refresh_s: float = Field(default=1.0, gt=0)
+
     # Registry rules.
     max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")
     # Body limits per surface: model documents are small; prompts can be long.
@@ -180,6 +189,14 @@ class Settings(ClusterConfig, BaseSettings):
     max_connections: int = Field(default=2048, ge=1)
     # Largest request head with the h11 protocol (httptools has its own fixed bound).
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    def admin_secret(self) -> str | None:
+        """The bootstrap admin key: ``AIF_ADMIN_KEY``, else the file ``AIF_ADMIN_KEY_FILE``."""
+        if self.admin_key is not None and self.admin_key.get_secret_value().strip():
+            return self.admin_key.get_secret_value().strip()
+        if self.admin_key_file is not None:
+            return self.admin_key_file.read_text(encoding="utf-8").strip() or None
+        return None
 
     @property
     def cluster(self) -> ClusterConfig:

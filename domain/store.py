@@ -12,7 +12,10 @@ after :data:`MAX_WRITE_ATTEMPTS` lost races in a row they give up with
 
 from __future__ import annotations
 
+import builtins
+import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 from domain.errors import (
@@ -22,6 +25,7 @@ from domain.errors import (
     StoreError,
     WriteContention,
 )
+from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord
 
 __all__ = [
@@ -33,9 +37,12 @@ __all__ = [
     "RevisionConflict",
     "StoreError",
     "WriteContention",
+    "audit",
     "remove",
     "rewrite",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Losing the race this many times in a row means a writer is spinning on the record (a scaler
 # and an executor each write at most a few times a second): report it rather than retry forever.
@@ -43,7 +50,7 @@ MAX_WRITE_ATTEMPTS = 20
 
 
 class ModelStore(Protocol):
-    """Persistence of model records, shared by every role (one process or many).
+    """Persistence of model records, API keys and the audit trail, shared by every role.
 
     Calls are blocking: async callers run them in a worker thread. Each method is atomic on
     one record; nothing spans records.
@@ -75,6 +82,34 @@ class ModelStore(Protocol):
         Raises RevisionConflict when the stored revision differs, RecordNotFound when the
         record is already gone.
         """
+        ...
+
+    # --- API keys: created, listed, revoked; never deleted ------------------------------
+
+    def create_key(self, key: ApiKey) -> ApiKey:
+        """Insert a new key record."""
+        ...
+
+    def list_keys(self) -> builtins.list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+    def revoke_key(self, key_id: str, at: datetime) -> tuple[ApiKey, bool] | None:
+        """Mark the key revoked at ``at`` unless it is already; the key as stored and whether
+        this call revoked it, or None when there is no such key."""
+        ...
+
+    def keys_version(self) -> str:
+        """Changes whenever a key is created or revoked: a cheap read that tells a cache of
+        the keys (in any process) to reload them."""
+        ...
+
+    # --- the audit trail: appended, read back in time order ------------------------------
+
+    def append_event(self, event: AuditEvent) -> None: ...
+
+    def events(self, model_id: str | None = None, limit: int = 100) -> builtins.list[AuditEvent]:
+        """The latest ``limit`` events (of one model when ``model_id`` is given), oldest first."""
         ...
 
     def close(self) -> None:
@@ -123,3 +158,17 @@ def remove(store: ModelStore, model_id: str) -> ModelRecord | None:
             return None
         return record
     raise WriteContention(model_id, MAX_WRITE_ATTEMPTS)
+
+
+def audit(store: ModelStore, event: AuditEvent) -> None:
+    """Append ``event`` to the audit trail, after the change it records was written.
+
+    A failure is logged, not raised: the change is made and the caller's answer must say so.
+    """
+    try:
+        store.append_event(event)
+    except Exception:
+        logger.exception(
+            "audit event lost action=%s actor=%s model=%s key=%s changes=%s",
+            event.action, event.actor, event.model_id, event.key_id, event.changes,
+        )  # fmt: skip

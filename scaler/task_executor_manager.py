@@ -1,12 +1,12 @@
 """The task-executor-manager's loop: fetch percentiles, decide, write desired replicas.
 
-For every model it scales (serving, scaling, scaled to zero or starting), on each interval:
-read a :class:`~scaler.metrics.LoadSnapshot` from the source, step the pure policy
-(:func:`scaler.policy.decide`), and when the decision differs from the desired replicas write
-it to the store with the decision itself (the record's ``scaling``), bumping the generation so
-the model-job-executor deploys it. The loop survives every fetch and write error; one log line
-per scaling decision carries every input that led to it, and ``/metrics`` what it recommends.
-"""
+For every model it scales (serving, scaling, scaled to zero or starting), on each interval: read a
+:class:`~scaler.metrics.LoadSnapshot` from the source, step the pure policy
+(:func:`scaler.policy.decide`), and when the decision differs from the desired replicas write it to
+the store with the decision itself (the record's ``scaling``), bumping the generation so the
+model-job-executor deploys it, and to the audit trail as done by ``scaler``. The loop survives every
+fetch and write error; one log line per scaling decision carries every input that led to it, and
+``/metrics`` what it recommends."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from domain.keys import SCALER, AuditAction, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
-from domain.store import ModelStore, WriteContention, rewrite
+from domain.store import ModelStore, WriteContention, audit, rewrite
 from scaler.metrics import MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
@@ -174,3 +175,20 @@ class TaskExecutorManager:
             return
         if result is not None and result[1]:
             self._on_change()
+            stored = result[0]
+            audit(
+                self._store,
+                AuditEvent(
+                    actor=SCALER,
+                    action=AuditAction.MODEL_SCALE,
+                    model_id=stored.id,
+                    model_name=stored.name,
+                    changes={
+                        "replicas": {
+                            "from": stored.scaling.from_replicas,
+                            "to": stored.scaling.to_replicas,
+                        }
+                    },
+                    reason=decision.reason,
+                ),
+            )

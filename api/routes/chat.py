@@ -17,6 +17,8 @@ from typing import Any
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from api.auth import Principal
+from api.deps import BEARER_SCHEME
 from api.errors import AifError, InvalidRequest, MalformedBody
 from api.frontend import Inference
 from api.middleware import (
@@ -69,8 +71,9 @@ def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[
 class InferenceEndpoint:
     """The ASGI app of one inference route; ``state.inference`` serves it.
 
-    It answers every error itself, in the API's words: it runs ahead of the framework's
-    middleware (see :class:`api.app.AifApp`), where nothing else would.
+    It answers every error itself, in the API's words, and checks the caller's key itself
+    (``state.keys``, :class:`api.auth.KeyRing`): it runs ahead of the framework's middleware
+    (see :class:`api.app.AifApp`), where nothing else would.
     """
 
     def __init__(self, path: str, state: Any, limit: BodyLimit) -> None:
@@ -81,11 +84,16 @@ class InferenceEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         inference: Inference = self._state.inference
         exchange = Exchange(scope, receive, send)
+        principal: Principal | None = None
         try:
+            # The key first, from memory (api.auth): no store read, no await.
+            principal = self._state.keys.authenticate(scope["headers"])
+            principal.admit()
             body = await read_body(scope, receive, self._limit)
             if body is None:
                 return
             request = parse_request(body, self._limit.max_json_depth)
+            principal.require_model(request.get("model"))
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
@@ -102,6 +110,8 @@ class InferenceEndpoint:
                 task.uncancel()
         finally:
             exchange.finish()
+            if principal is not None and exchange.outcome is not None:
+                principal.charge(exchange.outcome.tokens)
 
 
 def endpoints(state: Any, limit: BodyLimit) -> dict[str, InferenceEndpoint]:
@@ -138,8 +148,12 @@ def _operation(path: str) -> dict[str, Any]:
                 "description": "the engine's answer, relayed as it arrives",
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
-            **{code: error for code in ("400", "404", "405", "413", "422", "429", "502", "503")},
+            **{
+                code: error
+                for code in ("400", "401", "403", "404", "405", "413", "422", "429", "502", "503")
+            },
         },
+        "security": [{BEARER_SCHEME: []}],
     }
 
 
@@ -147,4 +161,6 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
     """``openapi`` with the inference routes, which FastAPI does not see, described."""
     for path in INFERENCE_PATHS:
         openapi.setdefault("paths", {})[path] = {"post": _operation(path)}
+    schemes = openapi.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.setdefault(BEARER_SCHEME, {"type": "http", "scheme": "bearer"})
     return openapi

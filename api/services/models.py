@@ -9,18 +9,31 @@ is stored.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable
 
 from api.errors import InvalidRequest, ModelConflict, ModelNotFound
 from api.schemas import ModelCreate, ModelUpdate, check_resource_type
+from domain.keys import ANONYMOUS, AuditAction, AuditEvent, field_changes
 from domain.records import ModelRecord, ModelStatus, Pvc, Slo
-from domain.store import Change, DuplicateName, ModelStore, WriteContention, rewrite
+from domain.store import Change, DuplicateName, ModelStore, WriteContention, audit, rewrite
 
 logger = logging.getLogger(__name__)
 
 # Fields whose change means the running deployment must change.
 DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
+# What the audit trail shows of a model: the fields a user sets, and the desired instances.
+AUDITED_FIELDS = frozenset(
+    {
+        "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
+        "description", "routing_policy", "replicas", "status",
+    }
+)  # fmt: skip
+
+
+def audited(record: ModelRecord) -> dict[str, object]:
+    return record.model_dump(mode="json", include=set(AUDITED_FIELDS))
 
 
 class ModelService:
@@ -43,7 +56,18 @@ class ModelService:
                 param="max_instance",
             )
 
-    def register(self, body: ModelCreate) -> ModelRecord:
+    def _audit(
+        self, action: AuditAction, actor: str, before: ModelRecord | None, after: ModelRecord
+    ) -> None:
+        changes = field_changes(audited(before) if before else {}, audited(after))
+        if before is None:
+            changes = {name: {"to": change["to"]} for name, change in changes.items()}
+        event = AuditEvent(
+            actor=actor, action=action, model_id=after.id, model_name=after.name, changes=changes
+        )
+        audit(self._store, event)
+
+    def register(self, body: ModelCreate, actor: str = ANONYMOUS) -> ModelRecord:
         self._check_cap(body.max_instance)
         record = ModelRecord(
             name=body.name,
@@ -71,6 +95,7 @@ class ModelService:
             stored.id, stored.name, stored.type, stored.resource_type, stored.replicas,
         )  # fmt: skip
         self._on_change()
+        self._audit(AuditAction.MODEL_REGISTER, actor, None, stored)
         return stored
 
     def get(self, ref: str) -> ModelRecord:
@@ -83,22 +108,39 @@ class ModelService:
     def list(self) -> list[ModelRecord]:
         return self._store.list()
 
-    def update(self, ref: str, patch: ModelUpdate) -> ModelRecord:
+    def events(
+        self, ref: str, limit: int, may_see: Callable[[str], bool] = lambda _: True
+    ) -> builtins.list[AuditEvent]:
+        """A model's events, by id or name; a deleted model's by its id. ModelNotFound when
+        there is no such model (or none ``may_see`` lets the caller see)."""
+        record = self._store.get(ref) or self._store.get_by_name(ref)
+        model_id = record.id if record is not None else ref
+        events = self._store.events(model_id, limit)
+        name = record.name if record is not None else (events[-1].model_name if events else "")
+        if (record is None and not events) or not may_see(name):
+            raise ModelNotFound(f"model {ref!r} not found", param="id")
+        return events
+
+    def update(self, ref: str, patch: ModelUpdate, actor: str = ANONYMOUS) -> ModelRecord:
         changes = patch.model_dump(exclude_unset=True)
+        seen: list[ModelRecord] = []
 
         def merge(record: ModelRecord) -> ModelRecord:
             if record.deleting:
                 raise ModelConflict(f"model {record.name!r} is being deleted", param="id")
+            seen.append(record.model_copy(deep=True))
             return self._merge(record, changes)
 
-        stored = self._rewrite(ref, merge)
+        stored, written = self._rewrite(ref, merge)
+        if written:
+            self._audit(AuditAction.MODEL_UPDATE, actor, seen[-1], stored)
         logger.info(
             "model updated id=%s fields=%s generation=%d replicas=%d status=%s",
             stored.id, sorted(changes), stored.generation, stored.replicas, stored.status,
         )  # fmt: skip
         return stored
 
-    def _rewrite(self, ref: str, change: Change) -> ModelRecord:
+    def _rewrite(self, ref: str, change: Change) -> tuple[ModelRecord, bool]:
         """Read-modify-write of the model ``ref`` names (see :func:`domain.store.rewrite`)."""
         model_id = self.get(ref).id
         try:
@@ -112,7 +154,7 @@ class ModelService:
         stored, written = result
         if written:
             self._on_change()
-        return stored
+        return stored, written
 
     def _merge(self, record: ModelRecord, changes: dict[str, object]) -> ModelRecord:
         merged = ModelRecord.model_validate({**record.model_dump(), **changes})
@@ -143,10 +185,13 @@ class ModelService:
         merged.touch()
         return merged
 
-    def delete(self, ref: str) -> ModelRecord:
+    def delete(self, ref: str, actor: str = ANONYMOUS) -> ModelRecord:
+        seen: list[ModelRecord] = []
+
         def mark_deleting(record: ModelRecord) -> ModelRecord | None:
             if record.deleting:
                 return None
+            seen.append(record.model_copy(deep=True))
             record.status = ModelStatus.DELETING
             record.status_code = ""
             record.status_msg = "removing the deployment"
@@ -155,6 +200,8 @@ class ModelService:
             record.touch()
             return record
 
-        stored = self._rewrite(ref, mark_deleting)
+        stored, written = self._rewrite(ref, mark_deleting)
         logger.info("model deletion requested id=%s name=%s", stored.id, stored.name)
+        if written:
+            self._audit(AuditAction.MODEL_DELETE, actor, seen[-1], stored)
         return stored

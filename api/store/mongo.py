@@ -18,6 +18,7 @@ Left to others: choosing the store (:func:`api.store.open_store`), retrying on
 
 from __future__ import annotations
 
+import builtins
 import functools
 import logging
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure, PyMongoError
 
 from domain.errors import StoreFull, StoreUnavailable
+from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
@@ -84,6 +86,9 @@ def _translating(method: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 _TIMESTAMP_FIELDS = ("created_at", "updated_at")
+# Keys and audit events live beside the models, in collections of their own.
+KEYS_COLLECTION = "api_keys"
+EVENTS_COLLECTION = "audit_events"
 
 
 def _to_millisecond(moment: datetime) -> datetime:
@@ -92,6 +97,13 @@ def _to_millisecond(moment: datetime) -> datetime:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _order_key(moment: datetime) -> str:
+    """Fixed-width UTC text, so string order is time order."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _to_document(record: ModelRecord) -> Document:
@@ -123,6 +135,8 @@ class MongoModelStore:
     ) -> None:
         self._client = client
         self._collection: Collection[Document] = client[database][collection]
+        self._keys: Collection[Document] = client[database][KEYS_COLLECTION]
+        self._events: Collection[Document] = client[database][EVENTS_COLLECTION]
         try:
             self._collection.create_indexes(
                 [
@@ -132,6 +146,10 @@ class MongoModelStore:
                         name="created_at",
                     ),
                 ]
+            )
+            self._keys.create_index([("order", pymongo.ASCENDING)], name="order")
+            self._events.create_index(
+                [("model_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)], name="model_id"
             )
         except BaseException:
             client.close()
@@ -190,6 +208,61 @@ class MongoModelStore:
         result = self._collection.delete_one({"_id": model_id, "revision": revision})
         if result.deleted_count == 0:
             raise self._miss(model_id)
+
+    # Keys and events are stored as their JSON form (timestamps as ISO text, to the
+    # microsecond) under ``document``, beside the fields queries use.
+
+    @_translating
+    def create_key(self, key: ApiKey) -> ApiKey:
+        self._keys.insert_one(
+            {
+                "_id": key.id,
+                "order": _order_key(key.created_at) + key.id,
+                "revoked": key.revoked,
+                "document": key.model_dump(mode="json"),
+            }
+        )
+        return key.model_copy(deep=True)
+
+    @_translating
+    def list_keys(self) -> builtins.list[ApiKey]:
+        cursor = self._keys.find({}, sort=[("order", pymongo.ASCENDING)])
+        return [ApiKey.model_validate(document["document"]) for document in cursor]
+
+    @_translating
+    def revoke_key(self, key_id: str, at: datetime) -> tuple[ApiKey, bool] | None:
+        found = self._keys.find_one({"_id": key_id})
+        if found is None:
+            return None
+        key = ApiKey.model_validate(found["document"])
+        if key.revoked:
+            return key, False
+        key.revoked_at = at
+        result = self._keys.update_one(
+            {"_id": key_id, "revoked": False},
+            {"$set": {"revoked": True, "document": key.model_dump(mode="json")}},
+        )
+        if result.matched_count == 0:  # revoked meanwhile by another caller
+            return self.revoke_key(key_id, at)
+        return key, True
+
+    @_translating
+    def keys_version(self) -> str:
+        total = self._keys.count_documents({})
+        revoked = self._keys.count_documents({"revoked": True})
+        return f"{total}:{revoked}"
+
+    @_translating
+    def append_event(self, event: AuditEvent) -> None:
+        self._events.insert_one(
+            {"_id": event.id, "model_id": event.model_id, "document": event.model_dump(mode="json")}
+        )
+
+    @_translating
+    def events(self, model_id: str | None = None, limit: int = 100) -> builtins.list[AuditEvent]:
+        query = {} if model_id is None else {"model_id": model_id}
+        cursor = self._events.find(query, sort=[("_id", pymongo.DESCENDING)], limit=limit)
+        return [AuditEvent.model_validate(document["document"]) for document in cursor][::-1]
 
     def close(self) -> None:
         self._client.close()

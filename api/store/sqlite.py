@@ -18,6 +18,7 @@ on :class:`~domain.store.RevisionConflict` (the callers), and the MongoDB store
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from domain.errors import StoreCorrupt, StoreFull, StoreUnavailable
+from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
@@ -38,7 +40,7 @@ BUSY_TIMEOUT_S = 10.0
 # Above the FastAPI threadpool size (40), so steady load never closes and reopens connections.
 MAX_IDLE_CONNECTIONS = 64
 # Bumped when the table layout changes; a file written by a newer aif is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -49,6 +51,18 @@ CREATE TABLE IF NOT EXISTS models (
     document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS models_by_created_at ON models (created_at, id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+    id TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_by_model ON audit_events (model_id, id);
 """
 
 
@@ -246,6 +260,63 @@ class SqliteModelStore:
             )
             if cursor.rowcount == 0:
                 raise self._miss(conn, model_id)
+
+    def create_key(self, key: ApiKey) -> ApiKey:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, created_at, revoked, document) VALUES (?, ?, ?, ?)",
+                (key.id, _order_key(key.created_at), int(key.revoked), key.model_dump_json()),
+            )
+        return key.model_copy(deep=True)
+
+    def list_keys(self) -> builtins.list[ApiKey]:
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT document FROM api_keys ORDER BY created_at, id").fetchall()
+        return [ApiKey.model_validate_json(document) for (document,) in rows]
+
+    def revoke_key(self, key_id: str, at: datetime) -> tuple[ApiKey, bool] | None:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT document FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                return None
+            key = ApiKey.model_validate_json(row[0])
+            if key.revoked:
+                return key, False
+            key.revoked_at = at
+            cursor = conn.execute(
+                "UPDATE api_keys SET revoked = 1, document = ? WHERE id = ? AND revoked = 0",
+                (key.model_dump_json(), key_id),
+            )
+        if cursor.rowcount == 0:  # revoked meanwhile by another caller
+            return self.revoke_key(key_id, at)
+        return key, True
+
+    def keys_version(self) -> str:
+        with self._pool.connection() as conn:
+            total, revoked = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(revoked), 0) FROM api_keys"
+            ).fetchone()
+        return f"{total}:{revoked}"
+
+    def append_event(self, event: AuditEvent) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO audit_events (id, model_id, document) VALUES (?, ?, ?)",
+                (event.id, event.model_id, event.model_dump_json()),
+            )
+
+    def events(self, model_id: str | None = None, limit: int = 100) -> builtins.list[AuditEvent]:
+        with self._pool.connection() as conn:
+            if model_id is None:
+                rows = conn.execute(
+                    "SELECT document FROM audit_events ORDER BY id DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT document FROM audit_events WHERE model_id = ? ORDER BY id DESC LIMIT ?",
+                    (model_id, limit),
+                ).fetchall()
+        return [AuditEvent.model_validate_json(document) for (document,) in reversed(rows)]
 
     def close(self) -> None:
         self._pool.close()

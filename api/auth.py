@@ -1,0 +1,324 @@
+"""Who is calling: API keys checked from memory, per-key limits, and the ``/v1`` guard.
+
+:class:`KeyRing` holds every valid key by the SHA-256 of its secret, so checking a request is one
+hash and one dict lookup, with no store read and no await: the inference fast path
+(:class:`api.routes.chat.InferenceEndpoint`) and :class:`KeyCheck` (the framework's routes) both
+call :meth:`KeyRing.authenticate`. A secret is never compared with another: it is hashed and looked
+up, so timing says nothing about how close a guess is. The ring loads the keys as the process starts
+and then reads only the store's :meth:`~domain.store.ModelStore.keys_version` every
+``AIF_KEYS_REFRESH_S`` (1 s), reloading the keys when it changed: a key created or revoked by
+another process sharing the store takes effect here within that bound. A key revoked through this
+process stops working at once.
+
+Enforcement: while no key exists (no ``AIF_ADMIN_KEY``, nothing in the store) every request is
+let through as ``anonymous``, as before keys existed. Once one exists, ``/v1/*`` needs a
+valid ``Authorization: Bearer <key>``; revoking every key does not open the API again.
+
+Limits are per key and per process (each gateway replica counts its own): a token bucket of
+``rpm`` requests refilled over a minute, and one of ``tpm`` tokens from which each answer's
+``usage`` (or its streamed events, when it reports none) is taken once it ends. A request is
+admitted while both buckets hold at least one; otherwise it is a 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import AifError, Forbidden, RateLimited, Unauthorized, from_exception
+from domain.keys import ANONYMOUS, BOOTSTRAP_KEY_ID, ApiKey, KeyScope, hash_secret
+from domain.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """``per_minute`` units, refilled evenly over a minute; may go below zero when charged."""
+
+    def __init__(self, per_minute: int, clock: Clock) -> None:
+        self.capacity = float(per_minute)
+        self._rate_s = per_minute / 60.0
+        self._clock = clock
+        self._level = self.capacity
+        self._at = clock()
+
+    def level(self) -> float:
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._at) * self._rate_s)
+        self._at = now
+        return self._level
+
+    def wait_s(self) -> float:
+        """Seconds until the bucket holds one unit again (0: it does now)."""
+        missing = 1.0 - self.level()
+        return 0.0 if missing <= 0 else missing / self._rate_s
+
+    def take(self, units: float) -> None:
+        self.level()
+        self._level -= units
+
+
+class KeyLimiter:
+    """One key's rpm and tpm, in this process."""
+
+    def __init__(self, name: str, rpm: int | None, tpm: int | None, clock: Clock) -> None:
+        self.name = name
+        self.rpm = rpm
+        self.tpm = tpm
+        self._requests = TokenBucket(rpm, clock) if rpm else None
+        self._tokens = TokenBucket(tpm, clock) if tpm else None
+        self._lock = threading.Lock()
+
+    def admit(self) -> None:
+        """Count one request, or raise RateLimited saying which limit and when to retry."""
+        with self._lock:
+            waits = []
+            if self._requests is not None and (wait := self._requests.wait_s()) > 0:
+                waits.append((wait, f"{self.rpm} requests per minute"))
+            if self._tokens is not None and (wait := self._tokens.wait_s()) > 0:
+                waits.append((wait, f"{self.tpm} tokens per minute"))
+            if waits:
+                wait_s = max(w for w, _ in waits)
+                limits = " and ".join(what for _, what in waits)
+                raise RateLimited(
+                    f"rate limit of key {self.name!r} reached: {limits}; "
+                    f"retry in {math.ceil(wait_s)}s",
+                    retry_after_s=wait_s,
+                )
+            if self._requests is not None:
+                self._requests.take(1)
+
+    def charge(self, tokens: int) -> None:
+        """Take an answer's tokens, once it ended."""
+        if self._tokens is not None and tokens > 0:
+            with self._lock:
+                self._tokens.take(tokens)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from, and what it may do."""
+
+    key_id: str
+    name: str
+    scope: KeyScope
+    # Model names it may use and see; None: every model.
+    models: frozenset[str] | None = None
+    limiter: KeyLimiter | None = field(default=None, compare=False)
+
+    @property
+    def admin(self) -> bool:
+        return self.scope == "admin"
+
+    def may_use(self, model_name: str) -> bool:
+        return self.models is None or model_name in self.models
+
+    def require_admin(self, what: str) -> None:
+        if not self.admin:
+            raise Forbidden(f"{what} needs an admin key; key {self.name!r} is an inference key")
+
+    def require_model(self, model_name: Any) -> None:
+        if isinstance(model_name, str) and not self.may_use(model_name):
+            raise Forbidden(f"key {self.name!r} may not use model {model_name!r}", param="model")
+
+    def admit(self) -> None:
+        if self.limiter is not None:
+            self.limiter.admit()
+
+    def charge(self, tokens: int) -> None:
+        if self.limiter is not None:
+            self.limiter.charge(tokens)
+
+
+# Every request while no key is configured: allowed everything, as before keys existed.
+OPEN = Principal(ANONYMOUS, ANONYMOUS, "admin")
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class KeyRing:
+    """Every valid key by the hash of its secret, kept fresh from the store (see module)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        admin_secret: str | None = None,
+        refresh_s: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._admin_hash = hash_secret(admin_secret) if admin_secret else None
+        self._refresh_s = refresh_s
+        self.clock = clock
+        self._by_hash: dict[str, Principal] = {}
+        self._loaded: list[ApiKey] = []
+        self._limiters: dict[str, KeyLimiter] = {}
+        self._enforcing = self._admin_hash is not None
+        self._version: str | None = None
+        # What this process did since its last load: applied over any load older than it.
+        self._added: dict[str, ApiKey] = {}
+        self._revoked: set[str] = set()
+        self._lock = threading.Lock()
+        # Why the keys could not be loaded at start, answered to every request until they are.
+        self._failure: AifError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._apply([])
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the keys from the store now (blocking)."""
+        version = self._store.keys_version()
+        keys = self._store.list_keys()
+        with self._lock:
+            self._version = version
+            self._loaded = keys
+            self._apply(keys)
+            self._failure = None
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(self.load)
+        except Exception as exc:
+            # Fail closed: nobody but the bootstrap admin gets in until the keys load.
+            self._failure = from_exception(exc)
+            logger.error("API keys cannot be loaded: %s", self._failure.message)
+        self._task = asyncio.create_task(self._refresh_loop(), name="key-ring-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                version = await asyncio.to_thread(self._store.keys_version)
+                if version != self._version or self._failure is not None:
+                    await asyncio.to_thread(self.load)
+            except Exception:
+                logger.warning("API keys refresh failed; keeping the keys loaded", exc_info=True)
+
+    def _apply(self, keys: list[ApiKey]) -> None:
+        stored = {key.id: key for key in keys}
+        for key_id in list(self._added):
+            if key_id in stored:
+                del self._added[key_id]
+        every = {**stored, **self._added}
+        by_hash: dict[str, Principal] = {}
+        for key in every.values():
+            if key.revoked or key.id in self._revoked:
+                continue
+            by_hash[key.secret_hash] = Principal(
+                key.id,
+                key.name,
+                key.scope,
+                None if key.models is None else frozenset(key.models),
+                self._limiter(key),
+            )
+        if self._admin_hash is not None:
+            by_hash[self._admin_hash] = Principal(BOOTSTRAP_KEY_ID, BOOTSTRAP_KEY_ID, "admin")
+        self._by_hash = by_hash
+        self._enforcing = self._enforcing or bool(every)
+
+    def _limiter(self, key: ApiKey) -> KeyLimiter | None:
+        if not key.rpm and not key.tpm:
+            return None
+        limiter = self._limiters.get(key.id)
+        if limiter is None:
+            limiter = KeyLimiter(key.name, key.rpm, key.tpm, lambda: self.clock())
+            self._limiters[key.id] = limiter
+        return limiter
+
+    # --- changes made in this process: effective at once ------------------------------------
+
+    def added(self, key: ApiKey) -> None:
+        with self._lock:
+            self._added[key.id] = key
+            self._apply(self._loaded)
+
+    def revoked(self, key_id: str) -> None:
+        with self._lock:
+            self._revoked.add(key_id)
+            self._apply(self._loaded)
+
+    # --- checking a request ---------------------------------------------------------------
+
+    @property
+    def enforcing(self) -> bool:
+        return self._enforcing
+
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> Principal:
+        """Who sent ``headers``; raises Unauthorized (or why keys are unknown) otherwise."""
+        if not self._enforcing and self._failure is None:
+            return OPEN
+        token = bearer_token(headers)
+        # Looked up by the SHA-256 of what was sent: how long the lookup takes depends on
+        # that digest, never on how much of a real secret the guess shares.
+        principal = None if token is None else self._by_hash.get(hash_secret(token))
+        if principal is not None:
+            return principal
+        if self._failure is not None:
+            raise self._failure
+        if token is None:
+            raise Unauthorized(
+                "no API key: send one as 'Authorization: Bearer <key>' (aif keys create makes one)"
+            )
+        raise Unauthorized("the API key is not valid: unknown or revoked")
+
+
+def _answer(error: AifError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+class KeyCheck:
+    """The framework routes' guard: ``/v1/*`` (and ``/metrics`` when asked) need a key.
+
+    The caller lands in ``request.state.principal``; what each route allows is checked by
+    the route's dependencies (:mod:`api.deps`). Runs before the body is read.
+    """
+
+    def __init__(self, app: ASGIApp, state: Any, *, protect_metrics: bool) -> None:
+        self.app = app
+        self._state = state
+        self._protected = ("/v1/", "/metrics", "/discovery/") if protect_metrics else ("/v1/",)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self._protected):
+            await self.app(scope, receive, send)
+            return
+        ring: KeyRing | None = getattr(self._state, "keys", None)
+        try:
+            if ring is None:
+                raise AifError("the API keys are not loaded yet")
+            principal = ring.authenticate(scope["headers"])
+            principal.admit()
+        except AifError as error:
+            await _answer(error)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -1,0 +1,104 @@
+"""API keys: create (the secret shown once), list, revoke, each recorded in the audit trail.
+
+The store keeps only each secret's hash (:class:`domain.keys.ApiKey`). A change made here
+reaches this process's :class:`~api.auth.KeyRing` at once, other processes' within their
+refresh bound. ``aif keys`` uses the same service on the store directly, with no ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from api.errors import KeyNotFound, ModelConflict
+from api.schemas import KeyCreate
+from domain.keys import (
+    BOOTSTRAP_KEY_ID,
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    hash_secret,
+    new_secret,
+)
+from domain.records import utc_now
+from domain.store import ModelStore, audit
+
+logger = logging.getLogger(__name__)
+
+# Characters of a secret kept in the clear, so that keys can be told apart: "sk-aif-" and 4.
+PREFIX_CHARS = 11
+
+
+class KeyListener(Protocol):
+    def added(self, key: ApiKey) -> None: ...
+
+    def revoked(self, key_id: str) -> None: ...
+
+
+class KeyService:
+    def __init__(self, store: ModelStore, ring: KeyListener | None = None) -> None:
+        self._store = store
+        self._ring = ring
+
+    def create(self, body: KeyCreate, actor: str) -> tuple[ApiKey, str]:
+        """The key as stored, and its secret (which nothing keeps)."""
+        secret = new_secret()
+        key = ApiKey(
+            name=body.name,
+            scope=body.scope,
+            models=body.models,
+            rpm=body.rpm,
+            tpm=body.tpm,
+            secret_hash=hash_secret(secret),
+            prefix=secret[:PREFIX_CHARS],
+            created_by=actor,
+        )
+        stored = self._store.create_key(key)
+        if self._ring is not None:
+            self._ring.added(stored)
+        logger.info("API key created id=%s name=%s scope=%s", stored.id, stored.name, stored.scope)
+        shown = stored.model_dump(mode="json", include={"name", "scope", "models", "rpm", "tpm"})
+        audit(
+            self._store,
+            AuditEvent(
+                actor=actor,
+                action=AuditAction.KEY_CREATE,
+                key_id=stored.id,
+                changes={name: {"to": value} for name, value in shown.items()},
+            ),
+        )
+        return stored, secret
+
+    def list(self) -> list[ApiKey]:
+        return self._store.list_keys()
+
+    def revoke(self, key_id: str, actor: str) -> ApiKey:
+        if key_id == BOOTSTRAP_KEY_ID:
+            raise ModelConflict(
+                "the bootstrap admin key is set by AIF_ADMIN_KEY (or AIF_ADMIN_KEY_FILE): change "
+                "it there and restart",
+                param="id",
+            )
+        result = self._store.revoke_key(key_id, utc_now())
+        if result is None:
+            raise KeyNotFound(f"key {key_id!r} not found", param="id")
+        key, revoked = result
+        if self._ring is not None:
+            self._ring.revoked(key.id)
+        if revoked:
+            logger.info("API key revoked id=%s name=%s", key.id, key.name)
+            audit(
+                self._store,
+                AuditEvent(
+                    actor=actor,
+                    action=AuditAction.KEY_REVOKE,
+                    key_id=key.id,
+                    changes={
+                        "revoked_at": {
+                            "from": None,
+                            "to": key.model_dump(mode="json")["revoked_at"],
+                        }
+                    },
+                ),
+            )
+        return key
