@@ -56,6 +56,8 @@ class InstallConfig:
     storage_class_name: str | None = None  # aif:storageClassName, for MongoDB and state PVCs
     pulumi_backend_url: str = ""  # aif:pulumiBackendUrl (empty: a PVC-backed file:// state)
     pulumi_passphrase: pulumi.Input[str] | None = None  # aif:pulumiPassphrase (secret)
+    # The bootstrap admin API key, given to the pods that serve the API (AIF_ADMIN_KEY).
+    admin_key: pulumi.Input[str] | None = None  # aif:adminKey (secret)
     backend_credentials_secret: str = ""  # aif:backendCredentialsSecret (AWS_* keys for s3://)
     state_storage_size: str = "1Gi"  # aif:stateStorageSize
     create_models_namespace: bool = True  # aif:createModelsNamespace
@@ -124,6 +126,7 @@ class InstallConfig:
         for key, attribute in {
             "mongodbUrl": "mongodb_url",
             "pulumiPassphrase": "pulumi_passphrase",
+            "adminKey": "admin_key",
         }.items():
             secret = config.get_secret(key)
             if secret is not None:

@@ -1,9 +1,10 @@
 """The ``Installation`` component: every object of one aif installation, parented to it.
 
 The namespaces (unless shared ones), the service accounts and the executor's RBAC
-(:mod:`infra.install.rbac`), the settings as a ConfigMap and a Secret, the Pulumi state's volume
-when no backend URL is given, the four role Deployments (:mod:`infra.install.roles`), the
-``frontend-service`` and ``chat-job-executor`` ClusterIP Services
+(:mod:`infra.install.rbac`), the settings as a ConfigMap and a Secret (and the bootstrap admin
+API key, ``aif:adminKey``, in a Secret of its own for the roles serving /v1), the Pulumi
+state's volume when no backend URL is given, the four role Deployments
+(:mod:`infra.install.roles`), the ``frontend-service`` and ``chat-job-executor`` ClusterIP Services
 (:mod:`infra.install.services`) and, with ``enableLocalStorage``, an in-cluster MongoDB
 (:mod:`infra.install.mongodb`). Reading and checking the config is left to
 :mod:`infra.install.config`.
@@ -19,6 +20,7 @@ from infra.install.mongodb import build_mongodb, mongodb_service_url
 from infra.install.objects import after, claim_spec, labels, meta
 from infra.install.rbac import build_rbac
 from infra.install.roles import (
+    ADMIN_KEY_ENV,
     ROLES,
     STATE_CLAIM_NAME,
     RoleInputs,
@@ -55,7 +57,10 @@ class Installation(pulumi.ComponentResource):
         self.mongodb_url = self._database(after_ns)
         self.config_map, self.secret = self._settings(after_ns)
         self.state_claim = self._state_claim(after_ns)
-        inputs = RoleInputs(self.config_map, self.secret, self.state_claim, self.mongodb)
+        self.admin_key_secret = self._admin_key(after_ns)
+        inputs = RoleInputs(
+            self.config_map, self.secret, self.state_claim, self.mongodb, self.admin_key_secret
+        )
         # Pods of a role name their account: start them once both accounts exist.
         roles_opts = after(after_ns, self.rbac.service_account, self.rbac.executor_service_account)
         self.deployments = {
@@ -112,6 +117,23 @@ class Installation(pulumi.ComponentResource):
             opts=opts,
         )
         return config_map, secret
+
+    def _admin_key(self, opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret | None:
+        """The bootstrap admin API key in a Secret of its own, for the roles serving /v1 only."""
+        if self.config.admin_key is None:
+            if self.config.environment == "production":
+                pulumi.log.warn(
+                    "no aif:adminKey: /v1 is open to anyone who reaches the frontend until a key "
+                    "is created (`pulumi config set --secret aif:adminKey sk-...`, or `aif keys "
+                    "create` against the store)"
+                )
+            return None
+        return k8s.core.v1.Secret(
+            "aif-admin-key",
+            metadata=meta(None, self.config.namespace, "control-plane"),
+            string_data={ADMIN_KEY_ENV: pulumi.Output.secret(self.config.admin_key)},
+            opts=opts,
+        )
 
     def _state_claim(
         self, opts: pulumi.ResourceOptions

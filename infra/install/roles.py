@@ -42,6 +42,8 @@ class RoleSpec:
     memory_request: str
     cpu_limit: str
     memory_limit: str
+    # Serves /v1 (the frontend, the chat-job-executor): it gets the bootstrap admin key.
+    serves_api: bool = False
 
     @property
     def service_account(self) -> str:
@@ -53,9 +55,9 @@ class RoleSpec:
 # and the engines' /metrics through their Services, and writes desired replicas to the store.
 # The executor's limits leave room for the Pulumi CLI and the kubernetes plugin it spawns.
 ROLES: tuple[RoleSpec, ...] = (
-    RoleSpec("frontend", False, False, "100m", "256Mi", "1", "1Gi"),
+    RoleSpec("frontend", False, False, "100m", "256Mi", "1", "1Gi", serves_api=True),
     RoleSpec("model-job-executor", True, True, "250m", "512Mi", "2", "2Gi"),
-    RoleSpec("chat-job-executor", False, False, "250m", "256Mi", "2", "1Gi"),
+    RoleSpec("chat-job-executor", False, False, "250m", "256Mi", "2", "1Gi", serves_api=True),
     RoleSpec("task-executor-manager", False, False, "100m", "256Mi", "1", "512Mi"),
 )
 
@@ -100,6 +102,31 @@ class RoleInputs:
     secret: k8s.core.v1.Secret
     state_claim: k8s.core.v1.PersistentVolumeClaim | None
     mongodb: k8s.apps.v1.StatefulSet | None
+    # The Secret holding AIF_ADMIN_KEY (aif:adminKey), when one is configured.
+    admin_key: k8s.core.v1.Secret | None = None
+
+
+ADMIN_KEY_ENV = "AIF_ADMIN_KEY"
+
+
+def _env(
+    role: RoleSpec, config: InstallConfig, inputs: RoleInputs
+) -> list[k8s.core.v1.EnvVarArgs] | None:
+    """The role's own variables; the admin key by reference, for the roles serving /v1."""
+    env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in role_env(role, config).items()]
+    if role.serves_api and inputs.admin_key is not None:
+        env.append(
+            k8s.core.v1.EnvVarArgs(
+                name=ADMIN_KEY_ENV,
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                        name=inputs.admin_key.metadata.apply(lambda m: m.name or ""),
+                        key=ADMIN_KEY_ENV,
+                    )
+                ),
+            )
+        )
+    return env or None
 
 
 def _env_from(
@@ -149,13 +176,12 @@ def _health_probe(period_seconds: int) -> k8s.core.v1.ProbeArgs:
 def _container(
     role: RoleSpec, config: InstallConfig, inputs: RoleInputs
 ) -> k8s.core.v1.ContainerArgs:
-    env = role_env(role, config)
     return k8s.core.v1.ContainerArgs(
         name=role.name,
         image=config.image,
         image_pull_policy=config.image_pull_policy,
         command=["aif", role.name],
-        env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()] or None,
+        env=_env(role, config, inputs),
         env_from=_env_from(role, config, inputs),
         ports=[k8s.core.v1.ContainerPortArgs(name=HTTP_PORT_NAME, container_port=HTTP_PORT)],
         readiness_probe=_health_probe(10),
@@ -190,6 +216,8 @@ def build_deployment(
 ) -> k8s.apps.v1.Deployment:
     """The Deployment running ``aif <role>``, started after its settings (and MongoDB)."""
     depends: list[pulumi.Resource] = [inputs.config_map, inputs.secret]
+    if role.serves_api and inputs.admin_key is not None:
+        depends.append(inputs.admin_key)
     if inputs.mongodb is not None:
         depends.append(inputs.mongodb)
     return k8s.apps.v1.Deployment(
@@ -212,6 +240,7 @@ def build_deployment(
 
 
 __all__ = [
+    "ADMIN_KEY_ENV",
     "AIF_UID",
     "DATA_DIR",
     "ROLES",
