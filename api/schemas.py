@@ -17,11 +17,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    TypeAdapter,
     ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from domain.keys import ApiKey, AuditAction, AuditEvent, KeyScope
 from domain.presets import load_presets
@@ -244,8 +248,37 @@ class ModelList(BaseModel):
 KeyName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
 
 
+class AdminKeyCreate(_Body):
+    """An admin key: everything, on every model."""
+
+    name: KeyName
+    scope: Literal["admin"]
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000, description="requests per minute")
+    tpm: int | None = Field(
+        default=None, ge=1, le=10_000_000_000, description="tokens per minute (usage)"
+    )
+
+
+class InferenceKeyCreate(AdminKeyCreate):
+    """An inference key: lists and uses models (``models`` only, when given); no writes."""
+
+    scope: Literal["inference"]  # type: ignore[assignment]
+    models: list[ModelName] | None = Field(
+        default=None, min_length=1, description="the model names it may see and use (default: all)"
+    )
+
+
+_KEY_VARIANTS: TypeAdapter[AdminKeyCreate | InferenceKeyCreate] = TypeAdapter(
+    Annotated[AdminKeyCreate | InferenceKeyCreate, Field(discriminator="scope")]
+)
+
+
 class KeyCreate(_Body):
-    """The body of ``POST /v1/keys``."""
+    """The body of ``POST /v1/keys``.
+
+    Validated as one model, so that an error names the field in the API's words; documented
+    as the two shapes it accepts (only an inference key takes ``models``).
+    """
 
     name: KeyName
     scope: KeyScope = Field(description="admin: everything; inference: models and inference")
@@ -267,6 +300,12 @@ class KeyCreate(_Body):
         if value is not None and info.data.get("scope") == "admin":
             raise ValueError("only an inference key can be limited to models")
         return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(_KEY_VARIANTS.core_schema)
 
 
 class KeyPublic(BaseModel):

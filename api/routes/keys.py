@@ -27,7 +27,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="the latest this many, o
     "/v1/keys",
     status_code=status.HTTP_201_CREATED,
     response_model=KeyCreated,
-    responses=errors(422),
+    responses=errors(400, 413, 422),
 )
 async def create_key(
     body: KeyCreate, admin: AdminDep, service: KeyServiceDep, request: Request
