@@ -6,10 +6,11 @@ bits), so a plain SHA-256 is enough (nothing to brute-force, unlike a password).
 never deleted: a revoked key keeps its record with ``revoked_at`` set, so the audit trail can
 always name it.
 
-An :class:`AuditEvent` is one change of the control plane's state: a model registered,
-updated, deleted or scaled, a key created or revoked, with who (a key id, ``scaler``, ``cli``
-or ``anonymous`` when no key is configured), what (each changed field, before and after) and
-when. Event ids sort in time order in every store.
+An :class:`AuditEvent` is one change of the control plane's state: a model registered, updated,
+deleted or scaled, a key created or revoked, with who (a key id, ``scaler``, ``cli``
+``chat-job-executor`` waking a model scaled to zero, or ``anonymous`` when no key is
+configured), what (each changed field, before and after) and when. Event ids sort in time order
+in every store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ BOOTSTRAP_KEY_ID = "bootstrap-admin"
 # Who changes state when no key is configured (an open installation).
 ANONYMOUS = "anonymous"
 SCALER = "scaler"
+# The gateway starting an instance of a model scaled to zero for a waiting request.
+ACTIVATOR = "chat-job-executor"
 CLI = "cli"
 
 KeyScope = Literal["admin", "inference"]

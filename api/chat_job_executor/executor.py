@@ -40,10 +40,11 @@ from api.chat_job_executor.routing import (
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.wakeup import Wakeup
+from domain.keys import ACTIVATOR, AuditAction, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
-from domain.store import ModelStore, rewrite
+from domain.store import ModelStore, audit, rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +228,20 @@ class ChatJobExecutor:
 
         result = rewrite(self._store, model_id, wake)
         if result is not None and result[1]:
-            logger.info("waking model from zero model=%s replicas=%d", model_id, result[0].replicas)
+            stored = result[0]
+            logger.info("waking model from zero model=%s replicas=%d", model_id, stored.replicas)
             self._on_write()
+            audit(
+                self._store,
+                AuditEvent(
+                    actor=ACTIVATOR,
+                    action=AuditAction.MODEL_SCALE,
+                    model_id=stored.id,
+                    model_name=stored.name,
+                    changes={"replicas": {"from": 0, "to": stored.replicas}},
+                    reason="a request for a model scaled to zero",
+                ),
+            )
 
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes

@@ -17,6 +17,7 @@ import uvicorn
 from api.app import Role, create_app
 from api.schemas import KeyCreate
 from api.services.keys import KeyService
+from domain.records import ModelStatus
 from domain.settings import Settings
 from tests.chat_job_executor.conftest import Gateway, model_record
 from tests.conftest import free_port
@@ -174,3 +175,17 @@ async def test_a_frontend_passes_the_key_on_to_the_chat_job_executor(
     assert ok.status_code == 200
     assert refused.status_code == 403
     assert anonymous.status_code == 401
+
+
+async def test_waking_a_model_scaled_to_zero_is_recorded(gateway: Any) -> None:
+    gw: Gateway = await gateway(hold_timeout_s=0.2)
+    idle = gw.store.create(
+        model_record("m", [], status=ModelStatus.IDLE, replicas=0, min_instance=0)
+    )
+
+    answer = await chat(gw, "m", None)
+
+    assert answer.status_code == 503  # nothing starts the instance here
+    [event] = gw.store.events(idle.id)
+    assert (event.actor, event.action) == ("chat-job-executor", "model.scale")
+    assert event.changes == {"replicas": {"from": 0, "to": 1}}
