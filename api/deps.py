@@ -11,7 +11,8 @@ scheme in the OpenAPI document), :data:`AdminDep` refuses anyone but an admin ke
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,8 +20,22 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import Principal
 from api.errors import Unauthorized
 from api.schemas import ErrorBody
+from api.services.audit import AuditTrail
 from api.services.keys import KeyService
 from api.services.models import ModelService
+from api.store.pool import StorePool
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+async def in_store(
+    request: Request, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+) -> _R:
+    """Run a blocking store call on the store's own threads (api.store.pool.StorePool)."""
+    pool: StorePool = request.app.state.store_pool
+    return await pool.run(fn, *args, **kwargs)
+
 
 # The OpenAPI name of ``Authorization: Bearer <key>``.
 BEARER_SCHEME = "HTTPBearer"
@@ -35,6 +50,10 @@ def get_model_service(request: Request) -> ModelService:
 def get_key_service(request: Request) -> KeyService:
     service: KeyService = request.app.state.key_service
     return service
+
+
+def get_audit_trail(request: Request) -> AuditTrail:
+    return AuditTrail(request.app.state.store)
 
 
 def get_principal(
@@ -57,6 +76,7 @@ def require_admin(principal: PrincipalDep, request: Request) -> Principal:
 
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]
+AuditTrailDep = Annotated[AuditTrail, Depends(get_audit_trail)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 

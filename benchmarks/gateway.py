@@ -251,7 +251,13 @@ def _arg(args: tuple[str, ...], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-def start_setup(setup: Setup, procs: Processes, work: Path, aif_env: dict[str, str]) -> Running:
+def start_setup(
+    setup: Setup,
+    procs: Processes,
+    work: Path,
+    aif_env: dict[str, str],
+    headers: dict[str, str] | None = None,
+) -> Running:
     port = _free_port()
     data_dir = work / f"aif-{setup.name}"
     env = {
@@ -278,13 +284,15 @@ def start_setup(setup: Setup, procs: Processes, work: Path, aif_env: dict[str, s
         "pvc": {"name": "release-models", "path": "x/y"},
         "slo": {"target_time_to_first_token_p95": 1000, "target_time_per_output_token_p95": 50},
     }  # fmt: skip
-    answer = httpx.post(f"{url}/v1/models", json=body, timeout=10)
+    answer = httpx.post(f"{url}/v1/models", json=body, timeout=10, headers=headers)
     answer.raise_for_status()
     model_id = answer.json()["model"]["id"]
     deadline = time.monotonic() + 60
     status = ""
     while time.monotonic() < deadline:
-        status = httpx.get(f"{url}/v1/models/{model_id}", timeout=5).json()["model"]["status"]
+        status = httpx.get(f"{url}/v1/models/{model_id}", timeout=5, headers=headers).json()[
+            "model"
+        ]["status"]
         if status == "ACTIVE":
             break
         time.sleep(0.1)
@@ -448,7 +456,9 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=spec.get("headers") or None
+    ) as session:
         started = time.perf_counter()
         deadline = started + scenario.duration_s
 
@@ -505,8 +515,9 @@ def run_load(
     gateway: psutil.Process | None,
     exclude: set[int],
     procs: Processes,
+    headers: dict[str, str] | None = None,
 ) -> Column:
-    spec = json.dumps({"scenario": scenario.__dict__, "urls": urls})
+    spec = json.dumps({"scenario": scenario.__dict__, "urls": urls, "headers": headers})
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen"]
     cpu_before = _cpu_s(gateway, exclude) if gateway else 0.0
     peak = [0.0]
@@ -606,12 +617,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="environment passed to aif serve (repeatable)")  # fmt: skip
     parser.add_argument("--columns", default=",".join(COLUMNS),
                         help="comma-separated subset of direct,aif,vllm-router")  # fmt: skip
+    parser.add_argument(
+        "--api-key",
+        default="",
+        metavar="KEY",
+        help="run aif with this admin key (AIF_ADMIN_KEY) and send it",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir and logs")
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loadgen:
         return loadgen_main()
     aif_env = dict(item.split("=", 1) for item in args.aif_env)
+    # With --api-key, aif runs with that admin key and every request carries it.
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    if args.api_key:
+        aif_env["AIF_ADMIN_KEY"] = args.api_key
     wanted = set(args.columns.split(","))
     names = args.scenario or list(SCENARIOS)
     scenarios = [SCENARIOS[n].quick() if args.quick else SCENARIOS[n] for n in names]
@@ -628,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for setup_name in dict.fromkeys(s.setup for s in scenarios):
             setup = SETUPS[setup_name]
-            running = start_setup(setup, procs, work, aif_env)
+            running = start_setup(setup, procs, work, aif_env, headers)
             try:
                 for scenario in (s for s in scenarios if s.setup == setup_name):
                     columns: dict[str, Column] = {}
@@ -643,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         print(f"  {scenario.name} / {name} ...", flush=True)
                         columns[name] = run_load(
-                            scenario, urls, gateway, running.engine_pids, procs
+                            scenario, urls, gateway, running.engine_pids, procs, headers
                         )
                         time.sleep(1.0)  # let the engines drain between columns
                     print("\n" + table(scenario, columns) + "\n", flush=True)

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
-from api.deps import AdminDep, KeyServiceDep, errors
-from api.routes.models import _store
+from api.deps import AdminDep, AuditTrailDep, KeyServiceDep, errors, in_store
 from api.schemas import (
     AuditEventPublic,
     AuditList,
@@ -33,14 +32,14 @@ async def create_key(
     body: KeyCreate, admin: AdminDep, service: KeyServiceDep, request: Request
 ) -> KeyCreated:
     """Create a key; its secret is in this answer only (aif keeps its hash)."""
-    key, secret = await _store(request, service.create, body, admin.key_id)
+    key, secret = await in_store(request, service.create, body, admin.key_id)
     return KeyCreated(key=KeyPublic.of(key), secret=secret)
 
 
 @router.get("/v1/keys", response_model=KeyList, responses=errors())
 async def list_keys(_: AdminDep, service: KeyServiceDep, request: Request) -> KeyList:
     """Every key, revoked ones too (``revoked_at``), without secrets."""
-    return KeyList(keys=[KeyPublic.of(k) for k in await _store(request, service.list)])
+    return KeyList(keys=[KeyPublic.of(k) for k in await in_store(request, service.list)])
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyEnvelope, responses=errors(404, 409))
@@ -48,13 +47,14 @@ async def revoke_key(
     key_id: str, admin: AdminDep, service: KeyServiceDep, request: Request
 ) -> KeyEnvelope:
     """Revoke a key: refused at once here, within ``AIF_KEYS_REFRESH_S`` everywhere else."""
-    key = await _store(request, service.revoke, key_id, admin.key_id)
+    key = await in_store(request, service.revoke, key_id, admin.key_id)
     return KeyEnvelope(key=KeyPublic.of(key))
 
 
 @router.get("/v1/audit", response_model=AuditList, responses=errors(422))
-async def audit_trail(_: AdminDep, request: Request, limit: Limit = 100) -> AuditList:
+async def audit_trail(
+    _: AdminDep, trail: AuditTrailDep, request: Request, limit: Limit = 100
+) -> AuditList:
     """Every recorded change: models registered, updated, deleted, scaled; keys made, revoked."""
-    store = request.app.state.store
-    events = await _store(request, store.events, None, limit)
+    events = await in_store(request, trail.events, limit)
     return AuditList(events=[AuditEventPublic.of(e) for e in events])

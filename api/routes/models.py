@@ -9,12 +9,11 @@ exist); writes need an admin key, and name it in the audit trail.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
-from api.deps import AdminDep, ModelServiceDep, PrincipalDep, errors
+from api.deps import AdminDep, AuditTrailDep, ModelServiceDep, PrincipalDep, errors, in_store
 from api.errors import ModelNotFound
 from api.schemas import (
     AuditEventPublic,
@@ -25,17 +24,8 @@ from api.schemas import (
     ModelPublic,
     ModelUpdate,
 )
-from api.store.pool import StorePool
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-
-async def _store(request: Request, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-    pool: StorePool = request.app.state.store_pool
-    return await pool.run(fn, *args, **kwargs)
 
 
 @router.post(
@@ -48,7 +38,7 @@ async def register_model(
     body: ModelCreate, service: ModelServiceDep, admin: AdminDep, request: Request
 ) -> ModelEnvelope:
     """Register a model; it is deployed in the background and shows ``DEPLOYING`` until ready."""
-    record = await _store(request, service.register, body, admin.key_id)
+    record = await in_store(request, service.register, body, admin.key_id)
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
@@ -57,7 +47,7 @@ async def list_models(
     service: ModelServiceDep, principal: PrincipalDep, request: Request
 ) -> ModelList:
     """Every registered model the key may use, in the product's shape and OpenAI's at once."""
-    records = await _store(request, service.list)
+    records = await in_store(request, service.list)
     return ModelList.of([r for r in records if principal.may_use(r.name)])
 
 
@@ -66,7 +56,7 @@ async def get_model(
     model_id: str, service: ModelServiceDep, principal: PrincipalDep, request: Request
 ) -> ModelEnvelope:
     """One model, by id or by name."""
-    record = await _store(request, service.get, model_id)
+    record = await in_store(request, service.get, model_id)
     if not principal.may_use(record.name):
         raise ModelNotFound(f"model {model_id!r} not found", param="id")
     return ModelEnvelope(model=ModelPublic.of(record))
@@ -77,7 +67,7 @@ async def update_model(
     model_id: str, body: ModelUpdate, service: ModelServiceDep, admin: AdminDep, request: Request
 ) -> ModelEnvelope:
     """Partial update, validated against the merged record (e.g. ``{"max_instance": 6}``)."""
-    updated = await _store(request, service.update, model_id, body, admin.key_id)
+    updated = await in_store(request, service.update, model_id, body, admin.key_id)
     return ModelEnvelope(model=ModelPublic.of(updated))
 
 
@@ -91,7 +81,7 @@ async def delete_model(
     model_id: str, service: ModelServiceDep, admin: AdminDep, request: Request
 ) -> ModelEnvelope:
     """Start deleting; the model shows ``DELETING`` until its deployment is gone, then 404."""
-    record = await _store(request, service.delete, model_id, admin.key_id)
+    record = await in_store(request, service.delete, model_id, admin.key_id)
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
@@ -101,11 +91,11 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="the latest this many, o
 @router.get("/{model_id}/events", response_model=AuditList, responses=errors(404, 422))
 async def model_events(
     model_id: str,
-    service: ModelServiceDep,
+    trail: AuditTrailDep,
     principal: PrincipalDep,
     request: Request,
     limit: Limit = 100,
 ) -> AuditList:
     """The model's recorded changes (by id or name; by id once it is deleted), oldest first."""
-    events = await _store(request, service.events, model_id, limit, principal.may_use)
+    events = await in_store(request, trail.model_events, model_id, limit, principal.may_use)
     return AuditList(events=[AuditEventPublic.of(e) for e in events])

@@ -9,7 +9,6 @@ is stored.
 
 from __future__ import annotations
 
-import builtins
 import logging
 from collections.abc import Callable
 
@@ -107,19 +106,6 @@ class ModelService:
 
     def list(self) -> list[ModelRecord]:
         return self._store.list()
-
-    def events(
-        self, ref: str, limit: int, may_see: Callable[[str], bool] = lambda _: True
-    ) -> builtins.list[AuditEvent]:
-        """A model's events, by id or name; a deleted model's by its id. ModelNotFound when
-        there is no such model (or none ``may_see`` lets the caller see)."""
-        record = self._store.get(ref) or self._store.get_by_name(ref)
-        model_id = record.id if record is not None else ref
-        events = self._store.events(model_id, limit)
-        name = record.name if record is not None else (events[-1].model_name if events else "")
-        if (record is None and not events) or not may_see(name):
-            raise ModelNotFound(f"model {ref!r} not found", param="id")
-        return events
 
     def update(self, ref: str, patch: ModelUpdate, actor: str = ANONYMOUS) -> ModelRecord:
         changes = patch.model_dump(exclude_unset=True)
