@@ -6,7 +6,11 @@ succeeds only when the stored revision equals the record's, and returns the reco
 revision bumped. :func:`rewrite` and :func:`remove` read, change and write under that rule,
 re-reading on :class:`~domain.errors.RevisionConflict`, so no concurrent update is ever lost;
 after :data:`MAX_WRITE_ATTEMPTS` lost races in a row they give up with
-:class:`~domain.errors.WriteContention` rather than spin. Implementations of the protocol:
+:class:`~domain.errors.WriteContention` rather than spin.
+
+The same stores keep the API keys (created and revoked, never deleted; a cheap
+:meth:`ModelStore.keys_version` tells caches to reload) and the audit trail (appended by
+:func:`audit`, read back in time order). Implementations of the protocol:
 :mod:`api.store.sqlite` (embedded, default) and :mod:`api.store.mongo` (pymongo).
 """
 
