@@ -130,6 +130,7 @@ def _run(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        settings.admin_secret()  # an unreadable AIF_ADMIN_KEY_FILE stops here, said plainly
         preflight(settings)
         if insecure is not None:
             _check_exposure(settings, insecure)

@@ -103,3 +103,16 @@ def test_production_refuses_insecure(tmp_path: Path, served: list[dict[str, Any]
     [line] = result.stderr.strip().splitlines()
     assert "--insecure is refused" in line and "production" in line
     assert served == []
+
+
+def test_an_unreadable_admin_key_file_is_one_clear_line(
+    tmp_path: Path, served: list[dict[str, Any]]
+) -> None:
+    missing = tmp_path / "no-such-key"
+    result = runner.invoke(
+        app, ["serve", "--data-dir", str(tmp_path)], env={"AIF_ADMIN_KEY_FILE": str(missing)}
+    )
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "cannot start" in line and str(missing) in line
+    assert served == []
