@@ -6,7 +6,9 @@ Deployments of an installation run, against a shared MongoDB.
 
 ``aif serve`` on an address other than loopback refuses to start while no API key is
 configured (``AIF_ADMIN_KEY``, ``AIF_ADMIN_KEY_FILE`` or a key in the store) unless given
-``--insecure``, which ``AIF_ENVIRONMENT=production`` refuses in turn.
+``--insecure``, which ``AIF_ENVIRONMENT=production`` refuses in turn. The single-role
+commands (an installation's pods, which get ``aif:adminKey`` from the install program) start
+either way and log a warning when they serve beyond loopback with no key.
 
 ``aif keys create|list|revoke`` work on the store directly (``--data-dir``, or
 ``AIF_MONGODB_URL``), as an operator on the machine or with the database's credentials does:
@@ -116,6 +118,25 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
     )
 
 
+def _warn_if_open(settings: Settings) -> None:
+    """A single role (an installation's pod) starts either way; it says when it is open.
+
+    Its store may not answer yet (a MongoDB starting beside it): the role retries that
+    itself, so nothing here stops it.
+    """
+    if is_loopback(settings.host):
+        return
+    try:
+        if _has_key(settings):
+            return
+    except (StoreError, OSError):
+        return
+    logging.getLogger(__name__).warning(
+        "no API key is configured: /v1 on %s is open to anyone who reaches it (set AIF_ADMIN_KEY)",
+        settings.host,
+    )
+
+
 def _run(
     roles: frozenset[Role],
     host: str | None,
@@ -134,14 +155,10 @@ def _run(
         preflight(settings)
         if insecure is not None:
             _check_exposure(settings, insecure)
-        elif not is_loopback(settings.host) and not _has_key(settings):
-            logging.getLogger(__name__).warning(
-                "no API key is configured: /v1 on %s is open to anyone who reaches it "
-                "(set AIF_ADMIN_KEY)",
-                settings.host,
-            )
     except (StoreError, OSError) as exc:
         raise _fail(str(exc)) from exc
+    if insecure is None:
+        _warn_if_open(settings)
     application = create_app(settings, roles)
     # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
     # programs run (a model-job-executor deploying to Kubernetes).
