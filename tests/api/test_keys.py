@@ -362,3 +362,20 @@ def test_openapi_documents_the_key_and_its_refusals(admin_client: TestClient) ->
     assert "201" in create["responses"] and "422" in create["responses"]
     assert "/v1/audit" in document["paths"]
     assert "/v1/models/{model_id}/events" in document["paths"]
+
+
+def test_revoking_every_key_does_not_open_the_api(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "aif.db"
+    store = SqliteModelStore(path)
+    with TestClient(frontend_app(settings, store)) as client:
+        secret, key = create_key(client, scope="admin")
+        client.delete(f"/v1/keys/{key['id']}", headers=bearer(secret))
+        assert_error(client.get("/v1/models"), 401, "authentication_error")
+    store.close()
+    store = SqliteModelStore(path)  # and after a restart
+    try:
+        with TestClient(frontend_app(settings, store)) as client:
+            assert_error(client.get("/v1/models"), 401, "authentication_error")
+    finally:
+        store.close()
