@@ -33,6 +33,7 @@ from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, metrics, models
+from api.server import client_disconnects
 from api.services.models import ModelService
 from api.store import open_store
 from api.store.pool import StorePool
@@ -110,6 +111,8 @@ def create_app(
     # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
     app.add_middleware(UnexpectedErrors)
     app.state.registry = CollectorRegistry()
+    # Counted by the HTTP server's protocol (api/server.py), served here at /metrics.
+    app.state.disconnects = client_disconnects(app.state.registry)
     app.state.ready_timeout_s = settings.ready_timeout_s
     app.inference = {}
     app.include_router(health.router)

@@ -76,7 +76,7 @@ def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: P
         log_level=settings.log_level.lower(),
         access_log=False,
         # httptools, with deadlines for slow clients, and the server's limits.
-        **server_options(settings),
+        **server_options(settings, application.state.disconnects),
     )
 
 

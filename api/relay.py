@@ -123,6 +123,18 @@ class Outcome:
         return max(0, self.events - 2)
 
 
+def _abandon(upstream: aiohttp.ClientResponse, why: str) -> None:
+    """Close ``upstream`` mid-answer; its reader wakes with an error of its own.
+
+    ``close()`` alone wakes it with aiohttp's one module-wide ``ClientConnectionError``
+    instance: each raise of it adds the raising frames to its traceback, which then holds
+    every abandoned request's frames (and their buffers) for good, and grows until printing
+    it is a ``RecursionError``. A fresh exception per answer dies with the answer.
+    """
+    upstream.content.set_exception(aiohttp.ClientConnectionError(f"closed: {why}"))
+    upstream.close()
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -162,7 +174,7 @@ class Exchange:
             return
         self.gone = True
         if self._upstream is not None:
-            self._upstream.close()  # the engine sees the connection close and aborts
+            _abandon(self._upstream, "the client left")  # the engine sees it close and aborts
         elif self._task is not None:
             self._task.cancel()  # still waiting for a slot or for headers
 
@@ -171,7 +183,7 @@ class Exchange:
         the answer started; before that the first-byte timeout applies)."""
         self.timed_out = True
         if self._upstream is not None:
-            self._upstream.close()
+            _abandon(self._upstream, "the instance stalled")
 
     def finish(self) -> None:
         if self._watch is not None:
