@@ -51,12 +51,22 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
+def quiet_routine_calls() -> None:
+    """Successful routine calls are DEBUG: the HTTP clients' one INFO line per request (health
+    probes of every engine every reconcile pass, metric scrapes) shows only at DEBUG."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not logger.isEnabledFor(logging.DEBUG):
+            logger.setLevel(logging.WARNING)
+
+
 def _run(roles: frozenset[Role], host: str | None, port: int | None, data_dir: Path | None) -> None:
     settings = _settings(host=host, port=port, data_dir=data_dir)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    quiet_routine_calls()
     try:
         preflight(settings)
     except (StoreError, OSError) as exc:
