@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.chat_job_executor import ChatJobExecutor
-from api.errors import install_error_handlers
+from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
@@ -103,6 +103,8 @@ def create_app(
         summary="Register, deploy, scale and serve large language models.",
         version="0.1.0",
         lifespan=_lifespan(settings, roles, store, deployer_factory),
+        # Every error status any route may answer, on every route (api/errors.py).
+        responses=error_responses(),
     )
     install_error_handlers(app)
     limits = body_limits(settings)
@@ -124,6 +126,7 @@ def create_app(
         app.inference = dict(served)
         app.router.routes.extend(chat.routes(served))
         app.openapi_schema = chat.document(app.openapi())
+    app.openapi_schema = models.document(app.openapi(), settings.max_instance_cap)
     return app
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from api.errors import AifError, InvalidRequest, MalformedBody
+from api.errors import ERROR_STATUSES, AifError, InvalidRequest, MalformedBody
 from api.frontend import Inference
 from api.middleware import (
     DEFAULT_MAX_JSON_DEPTH,
@@ -113,9 +113,12 @@ def routes(served: dict[str, InferenceEndpoint]) -> list[Route]:
     return [Route(path, endpoint, methods=["POST"]) for path, endpoint in served.items()]
 
 
+ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
+
+
 def _operation(path: str) -> dict[str, Any]:
     kind = "chat completions" if path.endswith("chat/completions") else "text completions"
-    error = {"description": "an OpenAI-shaped error", "content": {"application/json": {}}}
+    error = {"content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}}}
     return {
         "tags": ["inference"],
         "summary": f"OpenAI {kind}, streamed (stream: true) or whole",
@@ -138,7 +141,10 @@ def _operation(path: str) -> dict[str, Any]:
                 "description": "the engine's answer, relayed as it arrives",
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
-            **{code: error for code in ("400", "404", "405", "413", "422", "429", "502", "503")},
+            **{
+                str(status): {"description": description, **error}
+                for status, description in ERROR_STATUSES.items()
+            },
         },
     }
 

@@ -8,7 +8,7 @@ threads (:class:`api.store.pool.StorePool`), never on the event loop or the shar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Request, status
 
@@ -60,3 +60,14 @@ async def update_model(
 async def delete_model(model_id: str, service: ModelServiceDep, request: Request) -> ModelEnvelope:
     """Start deleting; the model shows ``DELETING`` until its deployment is gone, then 404."""
     return ModelEnvelope(model=ModelPublic.of(await _store(request, service.delete, model_id)))
+
+
+def document(openapi: dict[str, Any], max_instance_cap: int) -> dict[str, Any]:
+    """``openapi`` with the instance bounds this installation accepts (AIF_MAX_INSTANCE_CAP)."""
+    schemas = openapi.get("components", {}).get("schemas", {})
+    for name in ("ModelCreate", "ModelUpdate"):
+        properties = schemas.get(name, {}).get("properties", {})
+        for field in ("max_instance", "min_instance"):
+            if field in properties:
+                properties[field]["maximum"] = max_instance_cap
+    return openapi
