@@ -29,11 +29,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
-from api.errors import install_error_handlers
+from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, keys, metrics, models
+from api.server import client_disconnects
 from api.services.keys import KeyService
 from api.services.models import ModelService
 from api.store import open_store
@@ -104,6 +105,8 @@ def create_app(
         summary="Register, deploy, scale and serve large language models.",
         version="0.1.0",
         lifespan=_lifespan(settings, roles, store, deployer_factory),
+        # Every error status any route may answer, on every route (api/errors.py).
+        responses=error_responses(),
     )
     install_error_handlers(app)
     limits = body_limits(settings)
@@ -114,6 +117,8 @@ def create_app(
     # Outermost of ours: whatever no handler took still gets an OpenAI-shaped answer.
     app.add_middleware(UnexpectedErrors)
     app.state.registry = CollectorRegistry()
+    # Counted by the HTTP server's protocol (api/server.py), served here at /metrics.
+    app.state.disconnects = client_disconnects(app.state.registry)
     app.state.ready_timeout_s = settings.ready_timeout_s
     app.inference = {}
     app.include_router(health.router)
@@ -126,6 +131,7 @@ def create_app(
         app.inference = dict(served)
         app.router.routes.extend(chat.routes(served))
         app.openapi_schema = chat.document(app.openapi())
+    app.openapi_schema = models.document(app.openapi(), settings.max_instance_cap)
     return app
 
 

@@ -75,6 +75,15 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
+def quiet_routine_calls() -> None:
+    """Successful routine calls are DEBUG: the HTTP clients' one INFO line per request (health
+    probes of every engine every reconcile pass, metric scrapes) shows only at DEBUG."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if not logger.isEnabledFor(logging.DEBUG):
+            logger.setLevel(logging.WARNING)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print(f"[red]cannot start:[/red] {message}", markup=True, highlight=False)
     return typer.Exit(code)
@@ -150,6 +159,7 @@ def _run(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    quiet_routine_calls()
     try:
         settings.admin_secret()  # an unreadable AIF_ADMIN_KEY_FILE stops here, said plainly
         preflight(settings)
@@ -173,7 +183,7 @@ def _run(
         log_level=settings.log_level.lower(),
         access_log=False,
         # httptools, with deadlines for slow clients, and the server's limits.
-        **server_options(settings),
+        **server_options(settings, application.state.disconnects),
     )
 
 

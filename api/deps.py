@@ -12,14 +12,13 @@ scheme in the OpenAPI document), :data:`AdminDep` refuses anyone but an admin ke
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Principal
 from api.errors import Unauthorized
-from api.schemas import ErrorBody
 from api.services.audit import AuditTrail
 from api.services.keys import KeyService
 from api.services.models import ModelService
@@ -78,35 +77,3 @@ ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]
 AuditTrailDep = Annotated[AuditTrail, Depends(get_audit_trail)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
-
-
-# What every /v1 route may answer because of the caller's key (api.auth).
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("no API key, or not a valid one (once any key exists)"),
-    403: _error("the key's scope or models do not allow this"),
-    429: _error("the key's requests or tokens per minute are used up (see Retry-After)"),
-}
-
-
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error statuses, besides the key's."""
-    described = {
-        400: "the body is not valid JSON, or nests too deep",
-        404: "no such object (or one the key may not see)",
-        409: "conflicts with the current state",
-        413: "the body is larger than this route takes",
-        422: "the body or a parameter breaks a rule; the message names it",
-    }
-    return {**AUTH_ERRORS, **{code: _error(described[code]) for code in codes}, **STORE_ERRORS}
-
-
-# What any route that reads or writes the store may answer when the store fails.
-STORE_ERRORS: dict[int | str, dict[str, Any]] = {
-    500: _error("the store is damaged (the message names the file and what to do)"),
-    503: _error("the store cannot answer now (see Retry-After)"),
-    507: _error("the disk under the store is full"),
-}

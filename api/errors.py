@@ -41,9 +41,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from domain.errors import StoreCorrupt, StoreError, StoreFull, StoreUnavailable
 
@@ -197,6 +198,51 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """Every error aif answers: OpenAI's shape (a 422 or 400 also carries ``detail``)."""
+
+    error: ErrorDetail
+
+
+# Every status an aif route may answer with an error, documented on every route at once (the
+# app's ``responses``), so a route added later is described by construction. Some come from
+# the server or the middleware rather than the route: 405 (wrong method), 408 (headers too
+# slow), 413 (body too large), 400 (JSON too deep), 503 (past AIF_MAX_CONNECTIONS, store
+# locked); a new kind of error is one more line here.
+ERROR_STATUSES: dict[int, str] = {
+    400: "malformed request: the body is not valid JSON, or is nested too deep",
+    401: "no API key, or not a valid one (once any key exists)",
+    403: "the key's scope or models do not allow this",
+    404: "no such model (or no such route)",
+    405: "method not allowed; ``Allow`` lists the methods of the path",
+    408: "request headers did not arrive within AIF_HEADER_TIMEOUT_S",
+    409: "conflict: a model of that name exists, or the model is being deleted",
+    413: "request body larger than this route's limit",
+    422: "a field breaks a rule; ``param`` names it and ``detail`` lists every one",
+    429: "the key's requests or tokens per minute are used up, or the model's instances and "
+    "wait queue are full; see Retry-After",
+    500: "internal error, or a damaged store file (the message names it and what to do)",
+    502: "no instance of the model could answer",
+    503: "store locked or unreachable, model not serving, or too many connections; see Retry-After",
+    507: "the store's disk is full",
+}
+
+
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    """FastAPI's ``responses=`` for :data:`ERROR_STATUSES`."""
+    return {
+        status: {"description": description, "model": ErrorResponse}
+        for status, description in ERROR_STATUSES.items()
+    }
+
+
 def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
     """One readable sentence naming every failing field and its rule, and the first field."""
     messages = []
@@ -237,15 +283,32 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(content, status_code=error.status_code)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (the router names only the first route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     kind = {404: "not_found_error", 503: "service_unavailable_error"}.get(exc.status_code)
     if kind is None:
         kind = "invalid_request_error" if 400 <= exc.status_code < 500 else "internal_error"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return JSONResponse(
         error_body(str(exc.detail), kind, exc.status_code),
         status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        headers=headers,
     )
 
 

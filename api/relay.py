@@ -7,7 +7,9 @@ engines' own, so a reused connection is never one the engine is closing.
 words, watches for the client going away (closing the upstream answer, which makes the engine
 abort the work), and relays an upstream answer chunk by chunk as it arrives, with nothing
 per chunk but the send and a timestamp. A failure after bytes flowed ends an event stream
-with an SSE ``error`` event and no ``[DONE]``.
+with an SSE ``error`` event and no ``[DONE]``. An engine's own 4xx JSON error is relayed in the
+API's words: OpenAI's shape and ``type`` for its status (vLLM says ``BadRequestError`` where
+OpenAI and aif say ``invalid_request_error``), its message and ``param`` kept.
 
 Choosing the upstream (routing, retries, admission) is the caller's: the chat-job-executor
 (:mod:`api.chat_job_executor`) or the frontend's forwarder (:mod:`api.frontend`).
@@ -22,7 +24,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
@@ -49,6 +51,39 @@ _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 _DATA_EVENT = b"data: "
+# OpenAI's error ``type`` for each client-error status an engine may answer; other 4xx:
+# invalid_request_error. aif's own errors (api/errors.py) use the same words.
+ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+# An engine's error body larger than this is relayed as it is.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+def normalised_error(status: int, body: bytes) -> bytes | None:
+    """An engine's 4xx error body in the API's words, or None when it already is one (or is
+    not a JSON error at all, which is relayed as it is)."""
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    # vLLM answers {"error": {...}}, and before 0.9 the same fields at the top level.
+    nested = "error" in payload
+    error: Any = payload["error"] if nested else payload
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    wanted = ERROR_TYPES.get(status, "invalid_request_error")
+    if nested and error.get("type") == wanted:
+        return None
+    shaped = {"message": error["message"], "type": wanted, "param": error.get("param"),
+              "code": error.get("code", status)}  # fmt: skip
+    return json.dumps({"error": shaped}).encode()
 
 
 class GapSink(Protocol):
@@ -141,6 +176,18 @@ class Outcome:
         return (self.prompt_tokens or 0) + self.output_tokens
 
 
+def _abandon(upstream: aiohttp.ClientResponse, why: str) -> None:
+    """Close ``upstream`` mid-answer; its reader wakes with an error of its own.
+
+    ``close()`` alone wakes it with aiohttp's one module-wide ``ClientConnectionError``
+    instance: each raise of it adds the raising frames to its traceback, which then holds
+    every abandoned request's frames (and their buffers) for good, and grows until printing
+    it is a ``RecursionError``. A fresh exception per answer dies with the answer.
+    """
+    upstream.content.set_exception(aiohttp.ClientConnectionError(f"closed: {why}"))
+    upstream.close()
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -182,7 +229,7 @@ class Exchange:
             return
         self.gone = True
         if self._upstream is not None:
-            self._upstream.close()  # the engine sees the connection close and aborts
+            _abandon(self._upstream, "the client left")  # the engine sees it close and aborts
         elif self._task is not None:
             self._task.cancel()  # still waiting for a slot or for headers
 
@@ -191,7 +238,7 @@ class Exchange:
         the answer started; before that the first-byte timeout applies)."""
         self.timed_out = True
         if self._upstream is not None:
-            self._upstream.close()
+            _abandon(self._upstream, "the instance stalled")
 
     def finish(self) -> None:
         if self._watch is not None:
@@ -227,6 +274,8 @@ class Exchange:
         outcome = Outcome(status=upstream.status, streamed=content_type.startswith(EVENT_STREAM))
         self.outcome = outcome
         headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in HOP_HEADERS]
+        if 400 <= upstream.status < 500 and not outcome.streamed:
+            return await self._relay_error(upstream, outcome, headers)
         send = self._send
         self.last_activity = time.monotonic()
         self.response_started = True
@@ -267,6 +316,37 @@ class Exchange:
         if found:
             outcome.total_tokens = int(found[-1])
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+    async def _relay_error(
+        self,
+        upstream: aiohttp.ClientResponse,
+        outcome: Outcome,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Outcome:
+        """An engine's whole 4xx answer, its JSON error put in the API's words."""
+        try:
+            body = await upstream.content.read(MAX_ERROR_BODY_BYTES + 1)
+        except (aiohttp.ClientError, OSError) as exc:
+            body, outcome.failure = b"", f"{type(exc).__name__}: {exc}"
+        finally:
+            upstream.release()
+            outcome.first_byte_at = outcome.finished_at = time.monotonic()
+        if self.gone:
+            return outcome
+        shaped = (
+            normalised_error(upstream.status, body) if len(body) <= MAX_ERROR_BODY_BYTES else None
+        )
+        if shaped is not None:
+            body = shaped
+            headers = [(k, v) for k, v in headers if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", b"%d" % len(body)))
+        self.response_started = True
+        await self._send(
+            {"type": "http.response.start", "status": upstream.status, "headers": headers}
+        )
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
         return outcome
 
     async def _end_broken(self, outcome: Outcome, instance: str) -> None:

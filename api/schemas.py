@@ -20,6 +20,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     TypeAdapter,
     ValidationInfo,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -59,8 +60,15 @@ def _relative_path(value: str) -> str:
     return value
 
 
+# What _relative_path accepts, for the document only (the validator says why it refuses).
+RELATIVE_PATH_PATTERN = r"^(?!/)(?!(.*/)?\.\.(/|$))[^\\\x00]*$"
+
 ModelName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
-ModelType = Annotated[str, AfterValidator(_known_type)]
+ModelType = Annotated[
+    str,
+    AfterValidator(_known_type),
+    WithJsonSchema({"type": "string", "enum": list(load_presets()), "title": "Type"}),
+]
 InstanceCount = Annotated[int, Field(ge=1)]
 # min_instance 0: the model scales to zero when idle, and the next request starts an instance.
 MinInstanceCount = Annotated[int, Field(ge=0)]
@@ -72,12 +80,24 @@ class _Body(BaseModel):
 
 class PvcSpec(_Body):
     name: str = Field(min_length=1, max_length=253, pattern=PVC_NAME_PATTERN)
-    path: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_relative_path)]
+    path: Annotated[
+        str,
+        Field(min_length=1, max_length=1024, json_schema_extra={"pattern": RELATIVE_PATH_PATTERN}),
+        AfterValidator(_relative_path),
+    ]
+
+
+# pydantic documents ``gt`` on a union as a bare "gt" key, which JSON Schema ignores.
+Milliseconds = Annotated[
+    int | float,
+    Field(gt=0),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "description": "milliseconds"}),
+]
 
 
 class SloSpec(_Body):
-    target_time_to_first_token_p95: int | float = Field(gt=0, description="milliseconds")
-    target_time_per_output_token_p95: int | float = Field(gt=0, description="milliseconds")
+    target_time_to_first_token_p95: Milliseconds
+    target_time_per_output_token_p95: Milliseconds
 
 
 def _check_bounds(min_instance: int | None, max_instance: int | None) -> None:
@@ -126,8 +146,23 @@ class ModelCreate(_Body):
         return value
 
 
+def _without_null(schema: dict[str, Any]) -> None:
+    """Absent fields are kept, null ones refused: the document offers no null."""
+    for prop in schema.get("properties", {}).values():
+        choices = prop.pop("anyOf", None)
+        if choices is not None:
+            kept = [c for c in choices if c.get("type") != "null"]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            else:
+                prop["anyOf"] = kept
+        prop.pop("default", None)
+
+
 class ModelUpdate(_Body):
     """The body of ``PUT /v1/models/{id}``: a partial update; absent fields are kept."""
+
+    model_config = ConfigDict(json_schema_extra=_without_null)
 
     type: ModelType | None = None
     resource_type: ResourceTypeName | None = None
@@ -377,16 +412,3 @@ class AuditEventPublic(BaseModel):
 class AuditList(BaseModel):
     events: list[AuditEventPublic]
     object: Literal["list"] = "list"
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: int
-
-
-class ErrorBody(BaseModel):
-    """Every error's body: OpenAI's shape."""
-
-    error: ErrorDetail

@@ -12,6 +12,13 @@ here is uvicorn's httptools one with those deadlines added:
   connection is closed (the app sees the client leave).
 
 A refusal past ``AIF_MAX_CONNECTIONS`` is uvicorn's 503, answered here in the API's words.
+
+A client that goes away is a normal event: the protocol counts it in
+``aif_client_disconnects_total{where}`` by where the exchange was when the connection ended
+(``before_request``: nothing or part of the request head; ``mid_body``: the head arrived but
+not the whole body; ``mid_response``: the request arrived but the answer was not complete),
+and writes one DEBUG line. A keep-alive connection closed between requests is not counted,
+nor one this server cut.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from prometheus_client import CollectorRegistry, Counter
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -76,6 +84,24 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+Where = Literal["before_request", "mid_body", "mid_response"]
+WHERE: tuple[Where, ...] = ("before_request", "mid_body", "mid_response")
+
+
+def client_disconnects(registry: CollectorRegistry) -> Counter:
+    """``aif_client_disconnects_total{where}``, every label present from the start."""
+    counter = Counter(
+        "aif_client_disconnects",
+        "Clients that closed or reset their connection before their answer was complete, by "
+        "where the exchange was (before_request, mid_body, mid_response).",
+        ["where"],
+        registry=registry,
+    )
+    for where in WHERE:
+        counter.labels(where)
+    return counter
+
+
 # uvicorn answers ``limit_concurrency`` refusals with this app; its own says text/plain.
 httptools_impl.service_unavailable = _too_many_connections  # type: ignore[attr-defined]
 
@@ -84,9 +110,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines (see the module)."""
 
     limits: ClientLimits = ClientLimits(10.0, 10.0, 1024.0)
+    disconnects: Counter | None = None
     _deadline: asyncio.TimerHandle | None = None
     _body_started = 0.0
     _body_bytes = 0
+    # Where the connection's current exchange is: a new connection is owed a request.
+    _at: Where | Literal["between_requests"] = "before_request"
+    _cut_here = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,15 +124,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        at = self._at
+        if at == "mid_response" and (self.cycle is None or self.cycle.response_complete):
+            at = "between_requests"
+        if at != "between_requests" and not self._cut_here:
+            if self.disconnects is not None:
+                self.disconnects.labels(at).inc()
+            logger.debug("client left client=%s where=%s error=%r", self.client, at, exc)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._at = "before_request"
         if self._deadline is None:  # a connection's first request is already timed
             self._arm(self.limits.header_timeout_s, self._headers_late)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._at = "mid_body"
         super().on_headers_complete()
         self._body_started, self._body_bytes = self.loop.time(), 0
         self._arm(self.limits.body_idle_timeout_s, self._body_late)
@@ -121,7 +160,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._at = "mid_response"
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._at == "mid_response":
+            self._at = "between_requests"
+        super().on_response_complete()
 
     def _arm(self, delay_s: float, callback: Any) -> None:
         self._disarm()
@@ -147,20 +192,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _cut(self, reason: str) -> None:
         self._disarm()
+        self._cut_here = True
         logger.debug("slow client cut client=%s: %s", self.client, reason)
         if not self.transport.is_closing():
             self.transport.close()
 
 
-def guarded_protocol(limits: ClientLimits) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for ``uvicorn.run(http=...)``, with these limits."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+def guarded_protocol(
+    limits: ClientLimits, disconnects: Counter | None = None
+) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for ``uvicorn.run(http=...)``, with these limits and counter."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "disconnects": disconnects},
+    )
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for the limits above and its own."""
+def server_options(settings: Settings, disconnects: Counter | None = None) -> dict[str, Any]:
+    """uvicorn's options for the limits above and its own; ``disconnects`` counts clients
+    that leave (:func:`client_disconnects`)."""
     return {
-        "http": guarded_protocol(ClientLimits.of(settings)),
+        "http": guarded_protocol(ClientLimits.of(settings), disconnects),
         "timeout_keep_alive": settings.client_keepalive_s,
         "limit_concurrency": settings.max_connections,
         "h11_max_incomplete_event_size": settings.max_header_bytes,

@@ -89,6 +89,9 @@ class Settings(ClusterConfig, BaseSettings):
     # Scale-in drains: an instance leaves routing, its requests finish within this, then it
     # stops (long answers take minutes).
     drain_timeout_s: float = Field(default=300.0, ge=0)
+    # A local engine that was ready and then fails its health probes leaves routing at once;
+    # still unhealthy this long after, it is stopped and a new one started in its place.
+    unhealthy_replace_s: float = Field(default=30.0, gt=0)
 
     # model-job-executor: one reconcile pass per interval, and at once on a change.
     reconcile_interval_s: float = Field(default=1.0, gt=0)

@@ -2,11 +2,15 @@
 
 Hierarchy::
 
-    SimulatorError            500 InternalServerError
-    ├── BadRequest            400 BadRequestError (malformed body, prompt too long, ...)
-    ├── ModelNotFound         404 NotFoundError, param "model"
-    ├── EngineNotReady        503 ServiceUnavailableError (starting up, step loop down)
-    └── InjectedFailure       500 InternalServerError (``--error-rate``)
+    SimulatorError            500 internal_error
+    ├── BadRequest            400 invalid_request_error (malformed body, prompt too long, ...)
+    ├── ModelNotFound         404 not_found_error, param "model"
+    ├── EngineNotReady        503 service_unavailable_error (starting up, step loop down)
+    └── InjectedFailure       500 internal_error (``--error-rate``)
+
+The types are OpenAI's words, which aif's gateway answers too, so the same bad request reads
+the same on every hop. (vLLM itself says ``BadRequestError``, ``NotFoundError`` ...; the
+gateway puts an engine's 4xx error in these words as it relays it.)
 
 They become OpenAI-shaped bodies (``{"error": {"message", "type", "param", "code"}}``) in one
 place, the exception handler of :mod:`simulator.server`.
@@ -19,7 +23,7 @@ from typing import Any
 
 class SimulatorError(Exception):
     status_code = 500
-    error_type = "InternalServerError"
+    error_type = "internal_error"
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -32,12 +36,12 @@ class SimulatorError(Exception):
 
 class BadRequest(SimulatorError):
     status_code = 400
-    error_type = "BadRequestError"
+    error_type = "invalid_request_error"
 
 
 class ModelNotFound(SimulatorError):
     status_code = 404
-    error_type = "NotFoundError"
+    error_type = "not_found_error"
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist.", param="model")
@@ -45,7 +49,7 @@ class ModelNotFound(SimulatorError):
 
 class EngineNotReady(SimulatorError):
     status_code = 503
-    error_type = "ServiceUnavailableError"
+    error_type = "service_unavailable_error"
 
 
 class InjectedFailure(SimulatorError):

@@ -9,7 +9,10 @@ was keeps the running engines. Each call probes every engine's health route once
 It returns promptly: engines start in the background and stopped engines are reaped by tasks.
 Failures stick until the generation changes: an engine that keeps exiting soon after start
 gives ``FAILED``/``EngineCrashed`` and one not ready within ``engine_ready_timeout_s`` gives
-``FAILED``/``EngineStartTimeout``, both with the tail of the engine's log.
+``FAILED``/``EngineStartTimeout``, both with the tail of the engine's log. An engine that was
+ready, then failed ``UNHEALTHY_AFTER_PROBES`` probes in a row, leaves the endpoints' ready set
+at once; unhealthy for ``unhealthy_replace_s`` more, it is stopped (its log kept) and a new one
+started in its place.
 
 No engine outlives aif:
 
@@ -87,6 +90,7 @@ class _Instance:
     ready: bool = False
     ever_ready: bool = False
     failed_probes: int = 0
+    unhealthy_since: float | None = None  # time.monotonic() it was taken out of the ready set
 
     @property
     def url(self) -> str:
@@ -188,8 +192,14 @@ class LocalDeployer:
             self._stop_later(spec.model_id, model, victims, "scale down", drain=True)
         await self._probe(model)
         self._check_start_timeouts(spec.model_id, model)
+        unhealthy = self._replace_unhealthy(spec.model_id, model)
         if model.failure is None:
-            reason = "replace exited" if exited else "rollout" if stale else "scale up"
+            reason = (
+                "replace exited" if exited
+                else "replace unhealthy" if unhealthy
+                else "rollout" if stale
+                else "scale up"
+            )  # fmt: skip
             for _ in range(replicas - len(model.instances)):
                 self._start(spec, model, key, reason, replicas)
         endpoints = tuple(
@@ -280,11 +290,31 @@ class LocalDeployer:
         for inst, ok in zip(instances, results, strict=True):
             inst.failed_probes = 0 if ok else inst.failed_probes + 1
             if ok:
+                if inst.unhealthy_since is not None:
+                    log_event(logging.INFO, "engine healthy again", instance_id=inst.instance_id,
+                              url=inst.url)  # fmt: skip
                 inst.ready = inst.ever_ready = True
+                inst.unhealthy_since = None
             elif inst.ready and inst.failed_probes >= UNHEALTHY_AFTER_PROBES:
                 inst.ready = False
+                inst.unhealthy_since = time.monotonic()
                 log_event(logging.WARNING, "engine unhealthy", instance_id=inst.instance_id,
-                          url=inst.url, failed_probes=inst.failed_probes)  # fmt: skip
+                          url=inst.url, failed_probes=inst.failed_probes,
+                          replace_after_s=self._settings.unhealthy_replace_s)  # fmt: skip
+
+    def _replace_unhealthy(self, model_id: str, model: _Model) -> int:
+        """Stop engines unhealthy for longer than the grace; the caller starts new ones."""
+        grace_s = self._settings.unhealthy_replace_s
+        now = time.monotonic()
+        victims = [
+            i for i in model.instances
+            if i.unhealthy_since is not None and now - i.unhealthy_since > grace_s
+        ]  # fmt: skip
+        if victims:
+            # Not drained: it answers no health probe, so it is not trusted with requests.
+            self._stop_later(model_id, model, victims, f"unhealthy for over {grace_s:g}s",
+                             keep=True)  # fmt: skip
+        return len(victims)
 
     def _check_start_timeouts(self, model_id: str, model: _Model) -> None:
         timeout_s = self._settings.engine_ready_timeout_s

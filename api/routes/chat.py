@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.auth import Principal
 from api.deps import BEARER_SCHEME
-from api.errors import AifError, InvalidRequest, MalformedBody
+from api.errors import ERROR_STATUSES, AifError, InvalidRequest, MalformedBody
 from api.frontend import Inference
 from api.middleware import (
     DEFAULT_MAX_JSON_DEPTH,
@@ -123,9 +123,12 @@ def routes(served: dict[str, InferenceEndpoint]) -> list[Route]:
     return [Route(path, endpoint, methods=["POST"]) for path, endpoint in served.items()]
 
 
+ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
+
+
 def _operation(path: str) -> dict[str, Any]:
     kind = "chat completions" if path.endswith("chat/completions") else "text completions"
-    error = {"description": "an OpenAI-shaped error", "content": {"application/json": {}}}
+    error = {"content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}}}
     return {
         "tags": ["inference"],
         "summary": f"OpenAI {kind}, streamed (stream: true) or whole",
@@ -149,8 +152,8 @@ def _operation(path: str) -> dict[str, Any]:
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
             **{
-                code: error
-                for code in ("400", "401", "403", "404", "405", "413", "422", "429", "502", "503")
+                str(status): {"description": description, **error}
+                for status, description in ERROR_STATUSES.items()
             },
         },
         "security": [{BEARER_SCHEME: []}],

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.schemas import ErrorBody
+from api.errors import ErrorResponse
 from domain.store import ModelStore
 from scaler import http_sd_groups
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["metrics"])
 
 # Only with AIF_METRICS_REQUIRE_KEY, and once any key exists (api.auth).
 _KEYED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "no valid API key (AIF_METRICS_REQUIRE_KEY)"},
+    401: {"model": ErrorResponse, "description": "no valid API key (AIF_METRICS_REQUIRE_KEY)"},
 }
 
 

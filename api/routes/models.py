@@ -9,11 +9,11 @@ exist); writes need an admin key, and name it in the audit trail.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
-from api.deps import AdminDep, AuditTrailDep, ModelServiceDep, PrincipalDep, errors, in_store
+from api.deps import AdminDep, AuditTrailDep, ModelServiceDep, PrincipalDep, in_store
 from api.errors import ModelNotFound
 from api.schemas import (
     AuditEventPublic,
@@ -32,7 +32,6 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelEnvelope,
-    responses=errors(400, 409, 413, 422),
 )
 async def register_model(
     body: ModelCreate, service: ModelServiceDep, admin: AdminDep, request: Request
@@ -42,7 +41,7 @@ async def register_model(
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
-@router.get("", response_model=ModelList, responses=errors())
+@router.get("", response_model=ModelList)
 async def list_models(
     service: ModelServiceDep, principal: PrincipalDep, request: Request
 ) -> ModelList:
@@ -51,7 +50,7 @@ async def list_models(
     return ModelList.of([r for r in records if principal.may_use(r.name)])
 
 
-@router.get("/{model_id}", response_model=ModelEnvelope, responses=errors(404))
+@router.get("/{model_id}", response_model=ModelEnvelope)
 async def get_model(
     model_id: str, service: ModelServiceDep, principal: PrincipalDep, request: Request
 ) -> ModelEnvelope:
@@ -62,7 +61,7 @@ async def get_model(
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
-@router.put("/{model_id}", response_model=ModelEnvelope, responses=errors(400, 404, 409, 413, 422))
+@router.put("/{model_id}", response_model=ModelEnvelope)
 async def update_model(
     model_id: str, body: ModelUpdate, service: ModelServiceDep, admin: AdminDep, request: Request
 ) -> ModelEnvelope:
@@ -75,7 +74,6 @@ async def update_model(
     "/{model_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ModelEnvelope,
-    responses=errors(404, 409),
 )
 async def delete_model(
     model_id: str, service: ModelServiceDep, admin: AdminDep, request: Request
@@ -88,7 +86,7 @@ async def delete_model(
 Limit = Annotated[int, Query(ge=1, le=1000, description="the latest this many, oldest first")]
 
 
-@router.get("/{model_id}/events", response_model=AuditList, responses=errors(404, 422))
+@router.get("/{model_id}/events", response_model=AuditList)
 async def model_events(
     model_id: str,
     trail: AuditTrailDep,
@@ -99,3 +97,14 @@ async def model_events(
     """The model's recorded changes (by id or name; by id once it is deleted), oldest first."""
     events = await in_store(request, trail.model_events, model_id, limit, principal.may_use)
     return AuditList(events=[AuditEventPublic.of(e) for e in events])
+
+
+def document(openapi: dict[str, Any], max_instance_cap: int) -> dict[str, Any]:
+    """``openapi`` with the instance bounds this installation accepts (AIF_MAX_INSTANCE_CAP)."""
+    schemas = openapi.get("components", {}).get("schemas", {})
+    for name in ("ModelCreate", "ModelUpdate"):
+        properties = schemas.get(name, {}).get("properties", {})
+        for field in ("max_instance", "min_instance"):
+            if field in properties:
+                properties[field]["maximum"] = max_instance_cap
+    return openapi

@@ -24,7 +24,10 @@ from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
 from domain.settings import Settings
 from tests.conftest import free_port
 
-MODES = ("ok", "reset", "500", "429", "stall-headers", "stall-stream", "die-stream")
+MODES = ("ok", "reset", "500", "429", "400-vllm", "stall-headers", "stall-stream", "die-stream")
+# vLLM's answer to a bad request (its ErrorResponse before 0.9: the fields at the top level).
+VLLM_BAD_REQUEST = {"object": "error", "message": "max_tokens must be at least 1, got -1.",
+                    "type": "BadRequestError", "param": "max_tokens", "code": 400}  # fmt: skip
 
 
 @dataclass
@@ -82,6 +85,11 @@ class ScriptedEngine:
         if mode in ("500", "429"):
             error = json.dumps({"error": {"message": f"engine says {mode}", "code": int(mode)}})
             writer.write(_head(int(mode), "application/json", len(error)) + error.encode())
+            await writer.drain()
+            return True
+        if mode == "400-vllm":
+            error = json.dumps(VLLM_BAD_REQUEST)
+            writer.write(_head(400, "application/json", len(error)) + error.encode())
             await writer.drain()
             return True
         if mode == "stall-headers":

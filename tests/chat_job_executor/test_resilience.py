@@ -47,6 +47,28 @@ async def test_a_whole_answer_passes_through_with_one_date_and_server_header(
     assert response.headers.get_list("server") == ["uvicorn"]
 
 
+async def test_an_engines_bad_request_reads_as_the_gateways_own(engines: Any, gateway: Any) -> None:
+    """vLLM's BadRequestError reaches the client as OpenAI's invalid_request_error."""
+    [engine] = await engines(1, mode="400-vllm")
+    gw = await gateway()
+    gw.store.create(model_record("m", [engine]))
+    async with httpx.AsyncClient() as client:
+        relayed = await client.post(gw.url + CHAT, json={"model": "m", "max_tokens": -1})
+        own = await client.post(gw.url + CHAT, content=b"{not json")
+    assert relayed.status_code == 400
+    assert relayed.headers["content-type"] == "application/json"
+    assert relayed.json() == {
+        "error": {
+            "message": "max_tokens must be at least 1, got -1.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": 400,
+        }
+    }
+    assert own.status_code == 400
+    assert own.json()["error"]["type"] == relayed.json()["error"]["type"]
+
+
 async def test_a_reset_before_the_first_byte_is_retried_on_another_instance(
     engines: Any, gateway: Any
 ) -> None:

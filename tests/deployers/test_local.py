@@ -336,6 +336,45 @@ async def test_the_real_simulator_serves(settings: Settings, model_id: str) -> N
         await deployer.close()
 
 
+async def test_an_engine_unhealthy_past_the_grace_is_replaced(
+    settings: Settings, model_id: str
+) -> None:
+    """A simulator told to fail /health leaves the ready set, then is stopped and replaced."""
+    pytest.importorskip("simulator")
+    grace_s = 1.0
+    deployer = LocalDeployer(
+        settings.model_copy(
+            update={"unhealthy_replace_s": grace_s, "engine_args": ["--startup-delay-s", "0"]}
+        )
+    )
+    spec = make_spec(model_id, 2)
+    try:
+        first = await settle(deployer, spec, Phase.READY)
+        victim, kept = first.endpoints
+        [victim_engine] = [
+            p for p in psutil.Process().children(recursive=True)
+            if str(victim.url.rsplit(":", 1)[1]) in _cmdline(p)
+        ]  # fmt: skip
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await client.post(f"{victim.url}/admin/faults", json={"healthy": False})
+            assert answer.status_code == 200
+        unhealthy = await settle(
+            deployer, spec, Phase.PROGRESSING, also=lambda s: s.ready_replicas == 1
+        )
+        assert unhealthy.message == "1/2 instances ready"
+        assert [e.ready for e in unhealthy.endpoints] == [False, True]
+
+        def replaced(state: DeploymentState) -> bool:
+            return victim.instance_id not in {e.instance_id for e in state.endpoints}
+
+        state = await settle(deployer, spec, Phase.READY, also=replaced)
+        assert state.ready_replicas == 2
+        assert kept.instance_id in {e.instance_id for e in state.endpoints}
+        await wait_until(lambda: not victim_engine.is_running(), "the unhealthy engine to stop")
+    finally:
+        await deployer.close()
+
+
 def test_launch_commands(tmp_path: Path) -> None:
     spec = make_spec("m", 1)
     argv = engine_command("simulator", spec, 8001, ["--fault", "x"])

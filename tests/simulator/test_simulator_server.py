@@ -147,7 +147,7 @@ async def test_bad_requests_get_openai_errors(
     assert response.status_code == status
     error = response.json()["error"]
     assert error["code"] == status and error["param"] == param
-    assert error["type"] == ("NotFoundError" if status == 404 else "BadRequestError")
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
     assert fragment in error["message"]
 
 
@@ -171,7 +171,7 @@ async def test_error_rate_one_fails_every_request() -> None:
         for stream in (False, True):
             response = await client.post("/v1/chat/completions", json=chat(stream=stream))
             assert response.status_code == 500
-            assert response.json()["error"]["type"] == "InternalServerError"
+            assert response.json()["error"]["type"] == "internal_error"
 
 
 async def test_health_waits_for_the_startup_delay() -> None:
