@@ -44,6 +44,8 @@ HOP_HEADERS = frozenset(
     }
 )
 EVENT_STREAM = "text/event-stream"
+# The ASGI extension that writes body chunks with no message per chunk (api.server).
+BODY_WRITER = "aif.body_writer"
 # The usage an engine reports at the end of an answer, read from its last bytes only.
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _DATA_EVENT = b"data: "
@@ -214,6 +216,8 @@ class Exchange:
         if not outcome.streamed:
             gaps = None
         readany = upstream.content.readany
+        # The server's direct path for body chunks (api.server.BodyWriter), when it has one.
+        writer = self.scope.get("extensions", {}).get(BODY_WRITER, {}).get("writer")
         try:
             # readany rather than iter_any: one coroutine less per chunk.
             while chunk := await readany():
@@ -226,7 +230,12 @@ class Exchange:
                 if outcome.streamed:
                     outcome.events += chunk.count(_DATA_EVENT)
                 tail = chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if writer is None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    continue
+                if writer.paused:  # the client reads slower: stop reading the engine too
+                    await writer.drain()
+                writer.write(chunk)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if self.gone:
                 return outcome

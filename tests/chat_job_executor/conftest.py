@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import Role, create_app
+from api.server import server_options
 from api.store.sqlite import SqliteModelStore
 from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
 from domain.settings import Settings
@@ -190,8 +191,11 @@ async def gateway(tmp_path: Path, store: SqliteModelStore) -> AsyncIterator[Call
         )
         app = create_app(settings, frozenset({Role.CHAT_JOB_EXECUTOR}), store=store)
         port = free_port()
+        # The server aif runs: its protocol, limits and direct body path.
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", **server_options(settings)
+            )
         )
         task = asyncio.create_task(server.serve())
         servers.append((server, task))
