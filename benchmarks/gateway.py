@@ -497,6 +497,20 @@ class Column:
     cpu_s: float | None = None
     rss_mb: float | None = None
     note: str = ""
+    # Share of prompt tokens the engines' prefix caches served during the column.
+    prefix_hit: float | None = None
+
+
+def _prefix_cache(engine_urls: list[str]) -> tuple[float, float]:
+    """Prompt tokens queried and hit in the engines' prefix caches so far, summed."""
+    queried = hit = 0.0
+    for url in engine_urls:
+        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("vllm:prefix_cache_queries_total"):
+                queried += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_hits_total"):
+                hit += float(line.rsplit(" ", 1)[1])
+    return queried, hit
 
 
 def run_load(
@@ -505,8 +519,10 @@ def run_load(
     gateway: psutil.Process | None,
     exclude: set[int],
     procs: Processes,
+    engine_urls: list[str] | None = None,
 ) -> Column:
     spec = json.dumps({"scenario": scenario.__dict__, "urls": urls})
+    cache_before = _prefix_cache(engine_urls) if engine_urls else None
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen"]
     cpu_before = _cpu_s(gateway, exclude) if gateway else 0.0
     peak = [0.0]
@@ -535,6 +551,10 @@ def run_load(
         sampler.join()
         procs.forget(proc)
     column = Column(result=json.loads(stdout))
+    if engine_urls and cache_before is not None:
+        after = _prefix_cache(engine_urls)
+        queried, hit = after[0] - cache_before[0], after[1] - cache_before[1]
+        column.prefix_hit = hit / queried if queried else None
     if gateway is not None:
         column.cpu_s = _cpu_s(gateway, exclude) - cpu_before
         column.rss_mb = max(peak[0], _rss_mb(gateway, exclude))
@@ -584,6 +604,9 @@ def table(scenario: Scenario, columns: dict[str, Column]) -> str:
         row("gateway CPU s / 1k req", per_1000),
         row("gateway RSS MB (peak)", lambda c: _fmt(c.rss_mb, 0)),
     ]  # fmt: skip
+    if scenario.prefix_groups:
+        lines.append(row("prefix cache hit %", lambda c: _fmt(
+            None if c.prefix_hit is None else 100 * c.prefix_hit, 1)))  # fmt: skip
     if scenario.rate > 0:
         lines.append(row("429s", lambda c: str(c.result.get("status", {}).get("429", 0))))
         lines.append(row("429 latency p50 ms", ms("reject_s", 0.5)))
@@ -643,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         print(f"  {scenario.name} / {name} ...", flush=True)
                         columns[name] = run_load(
-                            scenario, urls, gateway, running.engine_pids, procs
-                        )
+                            scenario, urls, gateway, running.engine_pids, procs,
+                            running.engine_urls if scenario.prefix_groups else None,
+                        )  # fmt: skip
                         time.sleep(1.0)  # let the engines drain between columns
                     print("\n" + table(scenario, columns) + "\n", flush=True)
             finally:
