@@ -29,6 +29,7 @@ a grace period); if it is killed outright, the kernel kills them (``PR_SET_PDEAT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # As uvicorn's own listening sockets.
 BACKLOG = 2048
+# How often the command's process looks for a worker that died.
+WATCH_S = 1.0
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -108,6 +111,7 @@ class ChatWorkers:
         self._settings = settings
         self._chat_only = chat_only
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -134,6 +138,21 @@ class ChatWorkers:
             for sock in sockets:
                 sock.close()
         logger.info("chat workers started pids=%s own=%s", self.pids, self._listeners.urls)
+        self._watch = asyncio.create_task(self._watch_exits(), name="chat-workers-watch")
+
+    async def _watch_exits(self) -> None:
+        """Say so when a worker dies: the kernel spreads connections over the others, and the
+        command's restart brings it back (a worker is not restarted on its own)."""
+        reported: set[int] = set()
+        while True:
+            await asyncio.sleep(WATCH_S)
+            for process in self._processes:
+                if process.poll() is not None and process.pid not in reported:
+                    reported.add(process.pid)
+                    logger.error(
+                        "chat worker exited pid=%d code=%s; the others serve the port",
+                        process.pid, process.returncode,
+                    )  # fmt: skip
 
     def _spawn(
         self, sockets: tuple[socket.socket, ...], env: dict[str, str]
@@ -149,6 +168,11 @@ class ChatWorkers:
         )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
         async def stop_one(process: subprocess.Popen[bytes]) -> None:
             if not await terminate(process.pid, lambda: process.poll() is not None):
                 logger.warning("chat worker did not exit pid=%d", process.pid)

@@ -89,3 +89,18 @@ def test_no_worker_outlives_the_command(
     server.kill(sig)
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [] and len(gone) == 2
+
+
+def test_a_dead_worker_leaves_the_port_to_the_others(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    server = _start(server_factory, tmp_path, workers=3)
+    victim = _workers(server)[0]
+    victim.kill()
+    victim.wait(timeout=10)
+    # New connections (one each) all reach a live process: the dead one's socket is gone.
+    for _ in range(30):
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    log = tmp_path / f"aif-{server.port}.log"
+    wait_until(lambda: "chat worker exited" in log.read_text())
+    assert server.process is not None and server.process.poll() is None
