@@ -67,11 +67,12 @@ class Setup:
 
 
 def _fixed(
-    ttft_ms: int, itl_ms: int, max_num_seqs: int, prefill_ms: float = 0.0
+    ttft_ms: int, itl_ms: int, max_num_seqs: int, prefill_ms: float = 0.0, kv_blocks: int = 0
 ) -> tuple[str, ...]:
+    cache = ("--kv-cache-blocks", str(kv_blocks)) if kv_blocks else ()
     return ("--startup-delay-s", "0", "--fixed-ttft-ms", str(ttft_ms), "--fixed-itl-ms",
             str(itl_ms), "--max-num-seqs", str(max_num_seqs), "--prefill-ms-per-token",
-            str(prefill_ms))  # fmt: skip
+            str(prefill_ms), *cache)  # fmt: skip
 
 
 SETUPS = {
@@ -83,6 +84,14 @@ SETUPS = {
         # The preset's prefill cost (0.06 ms per uncached prompt token): long shared prefixes
         # are cheaper on an instance whose prefix cache holds them.
         Setup("prefix-4", 4, _fixed(50, 10, 1024, prefill_ms=0.06), router_policy="cache_aware"),
+        # The same with 512 KV blocks of 128 tokens per engine: a prefix cache that holds 32 of
+        # the wide workload's 64 prefixes, where the four engines together hold them all.
+        Setup(
+            "prefix-wide-4",
+            4,
+            _fixed(50, 10, 1024, prefill_ms=0.06, kv_blocks=512),
+            router_policy="cache_aware",
+        ),
         # 16 sequences of 50 + 16 x 10 ms: about 76 requests/s of capacity.
         Setup("small-1", 1, _fixed(50, 10, 16)),
     )
@@ -142,6 +151,15 @@ SCENARIOS = {
             concurrency=32,
             max_tokens=16,
             prefix_groups=8,
+            prefix_chars=8000,
+        ),
+        Scenario(
+            "shared-prefix-wide",
+            "prefix-wide-4",
+            "32 streams, 64 prefixes of ~2,000 tokens, 4 engines caching 32 each",
+            concurrency=32,
+            max_tokens=16,
+            prefix_groups=64,
             prefix_chars=8000,
         ),
         Scenario(
