@@ -99,12 +99,20 @@ def create_app(
     *,
     store: ModelStore | None = None,
     deployer_factory: Callable[[Settings], Deployer] = build_deployer,
+    workers: RunningRole | None = None,
+    gateways: list[str] | None = None,
 ) -> FastAPI:
+    """The application of a process running ``roles``.
+
+    ``workers`` (:class:`api.workers.ChatWorkers`) start after the roles and stop before them;
+    ``gateways`` are the chat processes' own addresses, this one's first, where their metrics
+    are read (default: this process's address, when it serves inference).
+    """
     app = AifApp(
         title="aif",
         summary="Register, deploy, scale and serve large language models.",
         version="0.1.0",
-        lifespan=_lifespan(settings, roles, store, deployer_factory),
+        lifespan=_lifespan(settings, roles, store, deployer_factory, workers, gateways),
         # Every error status any route may answer, on every route (api/errors.py).
         responses=error_responses(),
     )
@@ -140,6 +148,8 @@ def _lifespan(
     roles: frozenset[Role],
     store: ModelStore | None,
     deployer_factory: Callable[[Settings], Deployer],
+    workers: RunningRole | None,
+    gateways: list[str] | None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +161,7 @@ def _lifespan(
             # The API's store calls run here, apart from the server's other threads.
             app.state.store_pool = StorePool(settings.store_workers)
             stack.callback(app.state.store_pool.close)
-            app.state.gateways = _gateway_addresses(settings, roles)
+            app.state.gateways = gateways or _gateway_addresses(settings, roles)
             ring = KeyRing(
                 app_store, admin_secret=settings.admin_secret(), refresh_s=settings.keys_refresh_s
             )
@@ -159,13 +169,21 @@ def _lifespan(
             stack.push_async_callback(ring.stop)
             app.state.keys = ring
             app.state.key_service = KeyService(app_store, ring)
-            for role in build_roles(settings, roles, app_store, deployer_factory, app.state):
+            # Other chat workers' metrics, which this process's task-executor-manager adds up.
+            peers = app.state.gateways[1:] if workers is not None else []
+            built = build_roles(settings, roles, app_store, deployer_factory, app.state, peers)
+            for role in [*built, *([workers] if workers is not None else [])]:
                 await role.start()
                 stack.push_async_callback(role.stop)
             logger.info("aif started roles=%s", sorted(r.value for r in roles))
             yield
 
     return lifespan
+
+
+def serves_inference(settings: Settings, roles: frozenset[Role]) -> bool:
+    """The process answers the inference routes: as a gateway, or forwarding to one."""
+    return Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles
 
 
 def _runs_chat_job_executor(settings: Settings, roles: frozenset[Role]) -> bool:
@@ -203,6 +221,7 @@ def build_roles(
     store: ModelStore,
     deployer_factory: Callable[[Settings], Deployer],
     state: Any,
+    peers: list[str] | None = None,
 ) -> list[RunningRole]:
     """The roles asked for, in start order, wired to each other; routes' objects on ``state``."""
     changes = _Listeners()
@@ -224,7 +243,7 @@ def build_roles(
         changes.add(executor.notify_change)
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
-        source = _metrics_source(settings, state.registry if chat else None)
+        source = _metrics_source(settings, state.registry if chat else None, peers or [])
         built.append(_task_executor_manager(settings, store, source, changes.notify, state))
     return built
 
@@ -252,11 +271,17 @@ def _model_job_executor(
     )
 
 
-def _metrics_source(settings: Settings, registry: CollectorRegistry | None) -> MetricsSource:
-    """Where the manager reads latency: Prometheus, the gateway in this process, or others'."""
+def _metrics_source(
+    settings: Settings, registry: CollectorRegistry | None, peers: list[str]
+) -> MetricsSource:
+    """Where the manager reads latency: Prometheus, the gateway in this process (with its
+    chat workers' ``peers``), or others'."""
     window_s = settings.scale_window_s
     if settings.prometheus_url:
         return PrometheusSource(settings.prometheus_url, window_s)
+    if registry is not None and peers:
+        client = httpx.AsyncClient(trust_env=False)
+        return GatewaySource.from_registry(registry, window_s=window_s, peers=peers, client=client)
     if registry is not None:
         return GatewaySource.from_registry(registry, window_s=window_s)
     urls = settings.gateway_metrics_urls or [u for u in [settings.chat_executor_url] if u]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,12 +31,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api.app import ALL_ROLES, Role, create_app
+from api.app import ALL_ROLES, Role, create_app, serves_inference
 from api.errors import AifError, describe_validation_errors
 from api.schemas import KeyCreate
 from api.server import server_options
 from api.services.keys import KeyService
 from api.store import open_store, preflight
+from api.workers import ChatWorkers, Listeners
 from domain.errors import StoreError
 from domain.keys import CLI, ApiKey
 from domain.records import format_timestamp
@@ -59,6 +61,13 @@ HostOption = Annotated[
     str | None, typer.Option("--host", help="Address to listen on [env: AIF_HOST].")
 ]
 PortOption = Annotated[int | None, typer.Option("--port", help="Port [env: AIF_PORT].")]
+ChatWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--chat-workers",
+        help="Processes serving the port, for the chat path [env: AIF_CHAT_WORKERS; default 1].",
+    ),
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Embedded store and engine state [env: AIF_DATA_DIR]."),
@@ -151,15 +160,12 @@ def _run(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
+    chat_workers: int | None = None,
     *,
     insecure: bool | None = None,
 ) -> None:
-    settings = _settings(host=host, port=port, data_dir=data_dir)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    quiet_routine_calls()
+    settings = _settings(host=host, port=port, data_dir=data_dir, chat_workers=chat_workers)
+    _logging(settings)
     try:
         settings.admin_secret()  # an unreadable AIF_ADMIN_KEY_FILE stops here, said plainly
         preflight(settings)
@@ -169,11 +175,40 @@ def _run(
         raise _fail(str(exc)) from exc
     if insecure is None:
         _warn_if_open(settings)
-    application = create_app(settings, roles)
+    if settings.chat_workers == 1 or not serves_inference(settings, roles):
+        _serve(create_app(settings, roles), settings, roles)
+        return
+    try:
+        listeners = Listeners.bind(settings)
+    except OSError as exc:
+        err_console.print(f"[red]cannot listen:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    workers = ChatWorkers(listeners, settings, chat_only=Role.FRONTEND not in roles)
+    application = create_app(settings, roles, workers=workers, gateways=listeners.urls)
+    try:
+        _serve(application, settings, roles, listeners.this_process())
+    finally:
+        listeners.close()
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    quiet_routine_calls()
+
+
+def _serve(
+    application: Any,
+    settings: Settings,
+    roles: frozenset[Role],
+    sockets: list[socket.socket] | None = None,
+) -> None:
     # uvloop and httptools for the request path; the plain asyncio loop where Pulumi's inline
     # programs run (a model-job-executor deploying to Kubernetes).
     runs_pulumi = Role.MODEL_JOB_EXECUTOR in roles and settings.runtime == "kubernetes"
-    uvicorn.run(
+    config = uvicorn.Config(
         application,
         host=settings.host,
         port=settings.port,
@@ -185,6 +220,7 @@ def _run(
         # httptools, with deadlines for slow clients, and the server's limits.
         **server_options(settings, application.state.disconnects),
     )
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 InsecureOption = Annotated[
@@ -201,18 +237,22 @@ def serve(
     host: HostOption = None,
     port: PortOption = None,
     data_dir: DataDirOption = None,
+    chat_workers: ChatWorkersOption = None,
     insecure: InsecureOption = False,
 ) -> None:
     """Run the whole control plane in one process (the embedded default)."""
-    _run(ALL_ROLES, host, port, data_dir, insecure=insecure)
+    _run(ALL_ROLES, host, port, data_dir, chat_workers, insecure=insecure)
 
 
 @app.command()
 def frontend(
-    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+    host: HostOption = None,
+    port: PortOption = None,
+    data_dir: DataDirOption = None,
+    chat_workers: ChatWorkersOption = None,
 ) -> None:
     """Run the frontend: the /v1/models API and the OpenAI-compatible endpoint."""
-    _run(frozenset({Role.FRONTEND}), host, port, data_dir)
+    _run(frozenset({Role.FRONTEND}), host, port, data_dir, chat_workers)
 
 
 @app.command("model-job-executor")
@@ -225,10 +265,28 @@ def model_job_executor(
 
 @app.command("chat-job-executor")
 def chat_job_executor(
-    host: HostOption = None, port: PortOption = None, data_dir: DataDirOption = None
+    host: HostOption = None,
+    port: PortOption = None,
+    data_dir: DataDirOption = None,
+    chat_workers: ChatWorkersOption = None,
 ) -> None:
     """Run the chat-job-executor: route inference requests to ready instances."""
-    _run(frozenset({Role.CHAT_JOB_EXECUTOR}), host, port, data_dir)
+    _run(frozenset({Role.CHAT_JOB_EXECUTOR}), host, port, data_dir, chat_workers)
+
+
+@app.command("chat-worker", hidden=True)
+def chat_worker(
+    fd: Annotated[list[int], typer.Option("--fd", help="An inherited listening socket.")],
+    gateways: Annotated[str, typer.Option("--gateways", help="Every process's own address.")],
+    chat_only: Annotated[bool, typer.Option("--chat-only")] = False,
+) -> None:
+    """One more process of a command run with --chat-workers (see api.workers); not for use
+    on its own: it serves the sockets its parent passed and dies with it."""
+    settings = _settings()
+    _logging(settings)
+    roles = frozenset({Role.CHAT_JOB_EXECUTOR if chat_only else Role.FRONTEND})
+    application = create_app(settings, roles, gateways=gateways.split(","))
+    _serve(application, settings, roles, [socket.socket(fileno=f) for f in fd])
 
 
 @app.command("task-executor-manager")

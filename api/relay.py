@@ -46,6 +46,8 @@ HOP_HEADERS = frozenset(
     }
 )
 EVENT_STREAM = "text/event-stream"
+# The ASGI extension that writes body chunks with no message per chunk (api.server).
+BODY_WRITER = "aif.body_writer"
 # The usage an engine reports at the end of an answer, read from its last bytes only.
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
@@ -280,10 +282,13 @@ class Exchange:
         self.last_activity = time.monotonic()
         self.response_started = True
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
-        tail = b""
+        # The last two chunks: usage may come in its own event just before ``[DONE]``.
+        before = tail = b""
         if not outcome.streamed:
             gaps = None
         readany = upstream.content.readany
+        # The server's direct path for body chunks (api.server.BodyWriter), when it has one.
+        writer = self.scope.get("extensions", {}).get(BODY_WRITER, {}).get("writer")
         try:
             # readany rather than iter_any: one coroutine less per chunk.
             while chunk := await readany():
@@ -295,8 +300,13 @@ class Exchange:
                 self.last_activity = now
                 if outcome.streamed:
                     outcome.events += chunk.count(_DATA_EVENT)
-                tail = chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                before, tail = tail, chunk
+                if writer is None:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    continue
+                if writer.paused:  # the client reads slower: stop reading the engine too
+                    await writer.drain()
+                writer.write(chunk)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if self.gone:
                 return outcome
@@ -306,6 +316,7 @@ class Exchange:
         finally:
             upstream.release()
             outcome.finished_at = time.monotonic()
+        tail = before + tail
         found = _COMPLETION_TOKENS.findall(tail)
         if found:
             outcome.completion_tokens = int(found[-1])

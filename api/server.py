@@ -19,6 +19,11 @@ A client that goes away is a normal event: the protocol counts it in
 not the whole body; ``mid_response``: the request arrived but the answer was not complete),
 and writes one DEBUG line. A keep-alive connection closed between requests is not counted,
 nor one this server cut.
+
+The protocol also offers the relay a shorter path for an answer's body, the ASGI extension
+``aif.body_writer`` (``{"writer": BodyWriter}``): after ``http.response.start``, each chunk is
+framed and written to the connection as uvicorn's ``send`` would, without an ASGI message and
+a coroutine per chunk. The answer still ends with an ASGI ``http.response.body`` message.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter
 from uvicorn.protocols.http import httptools_impl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from api.errors import error_body
+from api.relay import BODY_WRITER
 from domain.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +112,40 @@ def client_disconnects(registry: CollectorRegistry) -> Counter:
 httptools_impl.service_unavailable = _too_many_connections  # type: ignore[attr-defined]
 
 
+class BodyWriter:
+    """Writes the body chunks of one answer straight to its connection, framed as uvicorn's
+    ``send`` frames them (chunked, or as they are under a content-length)."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    @property
+    def paused(self) -> bool:
+        """The client reads slower than the answer comes: :meth:`drain` before writing."""
+        cycle = self._cycle
+        return bool(cycle.flow.write_paused) and not cycle.disconnected
+
+    async def drain(self) -> None:
+        await self._cycle.flow.drain()
+
+    def write(self, chunk: bytes) -> None:
+        """One non-empty chunk of a started, unfinished answer; nothing once the client left."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError("a body chunk outside a started, unfinished answer")
+        if cycle.chunked_encoding:
+            cycle.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            return
+        if len(chunk) > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        cycle.expected_content_length -= len(chunk)
+        cycle.transport.write(chunk)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body deadlines (see the module)."""
 
@@ -143,6 +183,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._at = "mid_body"
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            # As the ASGI spec has it: the extension's name, to a dict of what it offers.
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[BODY_WRITER] = {"writer": BodyWriter(self.cycle)}
         self._body_started, self._body_bytes = self.loop.time(), 0
         self._arm(self.limits.body_idle_timeout_s, self._body_late)
 

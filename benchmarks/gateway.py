@@ -67,11 +67,12 @@ class Setup:
 
 
 def _fixed(
-    ttft_ms: int, itl_ms: int, max_num_seqs: int, prefill_ms: float = 0.0
+    ttft_ms: int, itl_ms: int, max_num_seqs: int, prefill_ms: float = 0.0, kv_blocks: int = 0
 ) -> tuple[str, ...]:
+    cache = ("--kv-cache-blocks", str(kv_blocks)) if kv_blocks else ()
     return ("--startup-delay-s", "0", "--fixed-ttft-ms", str(ttft_ms), "--fixed-itl-ms",
             str(itl_ms), "--max-num-seqs", str(max_num_seqs), "--prefill-ms-per-token",
-            str(prefill_ms))  # fmt: skip
+            str(prefill_ms), *cache)  # fmt: skip
 
 
 SETUPS = {
@@ -83,6 +84,14 @@ SETUPS = {
         # The preset's prefill cost (0.06 ms per uncached prompt token): long shared prefixes
         # are cheaper on an instance whose prefix cache holds them.
         Setup("prefix-4", 4, _fixed(50, 10, 1024, prefill_ms=0.06), router_policy="cache_aware"),
+        # The same with 512 KV blocks of 128 tokens per engine: a prefix cache that holds 32 of
+        # the wide workload's 64 prefixes, where the four engines together hold them all.
+        Setup(
+            "prefix-wide-4",
+            4,
+            _fixed(50, 10, 1024, prefill_ms=0.06, kv_blocks=512),
+            router_policy="cache_aware",
+        ),
         # 16 sequences of 50 + 16 x 10 ms: about 76 requests/s of capacity.
         Setup("small-1", 1, _fixed(50, 10, 16)),
     )
@@ -142,6 +151,15 @@ SCENARIOS = {
             concurrency=32,
             max_tokens=16,
             prefix_groups=8,
+            prefix_chars=8000,
+        ),
+        Scenario(
+            "shared-prefix-wide",
+            "prefix-wide-4",
+            "32 streams, 64 prefixes of ~2,000 tokens, 4 engines caching 32 each",
+            concurrency=32,
+            max_tokens=16,
+            prefix_groups=64,
             prefix_chars=8000,
         ),
         Scenario(
@@ -507,6 +525,20 @@ class Column:
     cpu_s: float | None = None
     rss_mb: float | None = None
     note: str = ""
+    # Share of prompt tokens the engines' prefix caches served during the column.
+    prefix_hit: float | None = None
+
+
+def _prefix_cache(engine_urls: list[str]) -> tuple[float, float]:
+    """Prompt tokens queried and hit in the engines' prefix caches so far, summed."""
+    queried = hit = 0.0
+    for url in engine_urls:
+        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("vllm:prefix_cache_queries_total"):
+                queried += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_hits_total"):
+                hit += float(line.rsplit(" ", 1)[1])
+    return queried, hit
 
 
 def run_load(
@@ -516,8 +548,10 @@ def run_load(
     exclude: set[int],
     procs: Processes,
     headers: dict[str, str] | None = None,
+    engine_urls: list[str] | None = None,
 ) -> Column:
     spec = json.dumps({"scenario": scenario.__dict__, "urls": urls, "headers": headers})
+    cache_before = _prefix_cache(engine_urls) if engine_urls else None
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen"]
     cpu_before = _cpu_s(gateway, exclude) if gateway else 0.0
     peak = [0.0]
@@ -546,6 +580,10 @@ def run_load(
         sampler.join()
         procs.forget(proc)
     column = Column(result=json.loads(stdout))
+    if engine_urls and cache_before is not None:
+        after = _prefix_cache(engine_urls)
+        queried, hit = after[0] - cache_before[0], after[1] - cache_before[1]
+        column.prefix_hit = hit / queried if queried else None
     if gateway is not None:
         column.cpu_s = _cpu_s(gateway, exclude) - cpu_before
         column.rss_mb = max(peak[0], _rss_mb(gateway, exclude))
@@ -595,6 +633,9 @@ def table(scenario: Scenario, columns: dict[str, Column]) -> str:
         row("gateway CPU s / 1k req", per_1000),
         row("gateway RSS MB (peak)", lambda c: _fmt(c.rss_mb, 0)),
     ]  # fmt: skip
+    if scenario.prefix_groups:
+        lines.append(row("prefix cache hit %", lambda c: _fmt(
+            None if c.prefix_hit is None else 100 * c.prefix_hit, 1)))  # fmt: skip
     if scenario.rate > 0:
         lines.append(row("429s", lambda c: str(c.result.get("status", {}).get("429", 0))))
         lines.append(row("429 latency p50 ms", ms("reject_s", 0.5)))
@@ -664,8 +705,9 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         print(f"  {scenario.name} / {name} ...", flush=True)
                         columns[name] = run_load(
-                            scenario, urls, gateway, running.engine_pids, procs, headers
-                        )
+                            scenario, urls, gateway, running.engine_pids, procs, headers,
+                            running.engine_urls if scenario.prefix_groups else None,
+                        )  # fmt: skip
                         time.sleep(1.0)  # let the engines drain between columns
                     print("\n" + table(scenario, columns) + "\n", flush=True)
             finally:

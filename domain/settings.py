@@ -103,6 +103,9 @@ class Settings(ClusterConfig, BaseSettings):
     # frontend: where inference goes. Unset: a chat-job-executor in this process; set (on a
     # cluster, the chat-job-executor Service): forwarded there, so the chat path scales apart.
     chat_executor_url: str = ""
+    # Processes serving this server's port (``aif serve``, ``aif frontend``, ``aif
+    # chat-job-executor``): the chat path on more than one core. 1: this process alone.
+    chat_workers: int = Field(default=1, ge=1, le=64)
 
     # chat-job-executor: how often the in-memory routing table is rebuilt from the store.
     routing_refresh_s: float = Field(default=0.5, gt=0)

@@ -154,13 +154,23 @@ class GatewaySource:
         window_s: float = 60.0,
         refresh_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        peers: list[str] | None = None,
+        client: httpx.AsyncClient | None = None,
     ) -> GatewaySource:
-        """In process: the gateway's registry, collected on this thread."""
+        """In process: the gateway's registry, collected on this thread; with ``peers``, the
+        ``/metrics`` of the other processes serving the same port (chat workers) added, read
+        with ``client``, which ``close`` closes. No peer answering holds the fetch: this
+        process's share alone would read as too little traffic."""
+        scrape = _scraper(peers, client) if peers and client is not None else None
 
         async def collect() -> Iterable[Metric]:
-            return list(registry.collect())
+            families = list(registry.collect())
+            if scrape is not None:
+                families += await scrape()
+            return families
 
-        return cls(collect, window_s=window_s, refresh_s=refresh_s, clock=clock)
+        on_close = client.aclose if client is not None else None
+        return cls(collect, window_s=window_s, refresh_s=refresh_s, clock=clock, on_close=on_close)
 
     @classmethod
     def from_urls(
@@ -177,22 +187,12 @@ class GatewaySource:
         A gateway that does not answer is left out (logged once until it answers again);
         when none answers, the fetch holds.
         """
-        failing: set[str] = set()
-
-        async def collect() -> Iterable[Metric]:
-            families, errors = await scrape_gateways(client, urls)
-            for url in set(errors) - failing:
-                logger.warning("gateway metrics could not be read url=%s: %s", url, errors[url])
-            for url in failing - set(errors):
-                logger.info("gateway metrics readable again url=%s", url)
-            failing.clear()
-            failing.update(errors)
-            if len(errors) == len(urls):
-                raise RuntimeError("no gateway answered")
-            return families
-
         return cls(
-            collect, window_s=window_s, refresh_s=refresh_s, clock=clock, on_close=client.aclose
+            _scraper(urls, client),
+            window_s=window_s,
+            refresh_s=refresh_s,
+            clock=clock,
+            on_close=client.aclose,
         )
 
     async def close(self) -> None:
@@ -273,6 +273,26 @@ class GatewaySource:
             engine_waiting=sum(waiting) if waiting else None,
             kv_usage=sum(kv) / len(kv) if kv else None,
         )
+
+
+def _scraper(urls: list[str], client: httpx.AsyncClient) -> Callable[[], Awaitable[list[Metric]]]:
+    """Collects ``urls``' families: one that does not answer is left out (logged once until it
+    answers again); when none answers, RuntimeError."""
+    failing: set[str] = set()
+
+    async def collect() -> list[Metric]:
+        families, errors = await scrape_gateways(client, urls)
+        for url in set(errors) - failing:
+            logger.warning("gateway metrics could not be read url=%s: %s", url, errors[url])
+        for url in failing - set(errors):
+            logger.info("gateway metrics readable again url=%s", url)
+        failing.clear()
+        failing.update(errors)
+        if len(errors) == len(urls):
+            raise RuntimeError("no gateway answered")
+        return families
+
+    return collect
 
 
 async def scrape_gateways(

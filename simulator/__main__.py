@@ -3,12 +3,13 @@
 ``python -m simulator --host 127.0.0.1 --port PORT --served-model-name NAME
 --model-type TYPE [--startup-delay-s S] [--error-rate R] [--stall-after-tokens N]
 [--max-num-seqs N] [--fixed-ttft-ms MS] [--fixed-itl-ms MS] [--prefill-ms-per-token MS]
-[--seed N]``
+[--kv-cache-blocks N] [--seed N]``
 
 ``--model-type`` names a preset of :mod:`domain.presets`; the engine limits and the latency
 profile come from it. ``--fixed-ttft-ms`` and ``--fixed-itl-ms`` replace the batch-dependent
-latency with fixed ones and ``--prefill-ms-per-token`` sets what each uncached prompt token
-adds to a step, for benchmarks of what sits in front of the engine. The port listens
+latency with fixed ones, ``--prefill-ms-per-token`` sets what each uncached prompt token
+adds to a step and ``--kv-cache-blocks`` the KV cache (and so the prefix cache) size, for
+benchmarks of what sits in front of the engine. The port listens
 at once and ``/health`` answers 503 until the startup delay (the preset's ``startup_s`` unless
 overridden) has passed. uvicorn handles SIGTERM and SIGINT. Which processes to start, and
 when, is left to the local deployer.
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prefill-ms-per-token", type=float, default=None, help="default: the preset's"
     )
+    parser.add_argument("--kv-cache-blocks", type=int, default=None, help="default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -77,6 +79,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--stall-after-tokens must be at least 0")
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         parser.error("--max-num-seqs must be at least 1")
+    if args.kv_cache_blocks is not None and args.kv_cache_blocks < 1:
+        parser.error("--kv-cache-blocks must be at least 1")
     for flag in ("fixed_ttft_ms", "fixed_itl_ms", "prefill_ms_per_token"):
         value = getattr(args, flag)
         if value is not None and value < 0:
@@ -106,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixed_ttft_ms=args.fixed_ttft_ms,
         fixed_itl_ms=args.fixed_itl_ms,
         prefill_ms_per_token=args.prefill_ms_per_token,
+        kv_cache_blocks=args.kv_cache_blocks,
     )
     faults = Faults(
         error_rate=args.error_rate,

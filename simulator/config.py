@@ -59,6 +59,7 @@ class EngineConfig:
         fixed_ttft_ms: float | None = None,
         fixed_itl_ms: float | None = None,
         prefill_ms_per_token: float | None = None,
+        kv_cache_blocks: int | None = None,
     ) -> EngineConfig:
         if prefill_ms_per_token is None:
             prefill_ms_per_token = preset.simulator.prefill_ms_per_token
@@ -68,7 +69,7 @@ class EngineConfig:
             max_num_batched_tokens=preset.vllm.max_num_batched_tokens,
             max_model_len=preset.vllm.max_model_len,
             block_size=preset.vllm.block_size,
-            kv_cache_blocks=preset.simulator.kv_cache_blocks,
+            kv_cache_blocks=kv_cache_blocks or preset.simulator.kv_cache_blocks,
             prefill_ms_per_token=prefill_ms_per_token,
             decode_step_base_ms=preset.simulator.decode_step_base_ms,
             decode_ms_per_running_seq=preset.simulator.decode_ms_per_running_seq,

@@ -31,8 +31,14 @@ def test_help_lists_every_role_and_render() -> None:
 def test_serve_takes_host_port_and_data_dir() -> None:
     result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--data-dir"):
+    for option in ("--host", "--port", "--data-dir", "--chat-workers"):
         assert option in result.output
+
+
+def test_chat_workers_out_of_range_are_refused_before_anything_starts() -> None:
+    result = runner.invoke(app, ["serve", "--chat-workers", "0"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "chat_workers" in result.output
 
 
 def test_render_from_a_file(tmp_path: Path) -> None:

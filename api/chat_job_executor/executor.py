@@ -99,7 +99,10 @@ class ChatJobExecutor:
         self._on_write = on_write
 
     def _capacity_of(self, record: ModelRecord) -> int:
-        return instance_capacity(record.type, self._settings.max_in_flight_per_instance)
+        """This process's share of an instance: chat workers admit ``1/AIF_CHAT_WORKERS``
+        of it each (rounded up), so together they admit what the instance takes."""
+        whole = instance_capacity(record.type, self._settings.max_in_flight_per_instance)
+        return -(-whole // self._settings.chat_workers)
 
     # --- lifecycle -----------------------------------------------------------------------
 

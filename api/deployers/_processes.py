@@ -58,7 +58,7 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Po
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),
+            preexec_fn=die_with_parent_hook(),
         )
 
 
@@ -73,7 +73,7 @@ def _prctl() -> Any:
         return None
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def die_with_parent_hook() -> Callable[[], None] | None:
     prctl = _prctl()  # looked up before fork: the child must not load libraries
     if prctl is None:
         return None

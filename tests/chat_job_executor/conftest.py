@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import Role, create_app
+from api.server import server_options
 from api.store.sqlite import SqliteModelStore
 from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo
 from domain.settings import Settings
@@ -116,9 +117,12 @@ class ScriptedEngine:
             if reader.at_eof():
                 self.aborted += 1
                 return False
+        # As vLLM sends them: the usage event, then ``[DONE]`` in a write of its own.
         usage = {"usage": {"prompt_tokens": 3, "completion_tokens": self.tokens}}
-        writer.write(_chunk(f"data: {json.dumps(usage)}\n\n") + _chunk("data: [DONE]\n\n"))
-        writer.write(b"0\r\n\r\n")
+        writer.write(_chunk(f"data: {json.dumps(usage)}\n\n"))
+        await writer.drain()
+        await asyncio.sleep(self.token_delay_s or 0.005)
+        writer.write(_chunk("data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
         return True
 
@@ -198,8 +202,11 @@ async def gateway(tmp_path: Path, store: SqliteModelStore) -> AsyncIterator[Call
         )
         app = create_app(settings, frozenset({Role.CHAT_JOB_EXECUTOR}), store=store)
         port = free_port()
+        # The server aif runs: its protocol, limits and direct body path.
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", **server_options(settings)
+            )
         )
         task = asyncio.create_task(server.serve())
         servers.append((server, task))

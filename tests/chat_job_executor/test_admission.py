@@ -70,3 +70,18 @@ async def test_past_capacity_and_queue_the_gateway_answers_429_promptly(
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert 'aif_requests_rejected_total{model="m",reason="overloaded"} 4.0' in metrics
     assert engine.requests == 2
+
+
+async def test_each_chat_worker_admits_its_share_of_an_instance(engines: Any, gateway: Any) -> None:
+    # Three processes serving the port admit ceil(5 / 3) = 2 each: 6 in all for 5 slots, not 15.
+    [engine] = await engines(1, tokens=50, token_delay_s=0.02)
+    gw = await gateway(max_in_flight_per_instance=5, admission_queue_per_instance=0,
+                       admission_wait_s=0.05, chat_workers=3)  # fmt: skip
+    gw.store.create(model_record("m", [engine]))
+    body = {"model": "m", "messages": [], "stream": True}
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = await asyncio.gather(
+            *(client.post(gw.url + "/v1/chat/completions", json=body) for _ in range(4))
+        )
+    assert sorted(a.status_code for a in answers) == [200, 200, 429, 429]
+    assert engine.requests == 2

@@ -208,3 +208,46 @@ async def test_a_client_that_leaves_mid_stream_stops_the_engine(engines: Any, ga
     route = executor.table.lookup("m")
     assert route is not None and route.gate.in_flight == 0
     assert all(i.in_flight == 0 for i in route.instances)
+
+
+async def _raw_exchange(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(-1), 10)  # until the server closes
+    writer.close()
+    return answer
+
+
+async def test_an_http_1_0_client_gets_the_whole_stream_and_the_connection_closed(
+    engines: Any, gateway: Any
+) -> None:
+    [engine] = await engines(1, tokens=5)
+    gw = await gateway()
+    gw.store.create(model_record("m", [engine]))
+    body = json.dumps(_stream_body()).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json"
+               b"\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))  # fmt: skip
+    answer = await _raw_exchange(gw.url, request)
+    head, _, framed = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+    assert b"transfer-encoding: chunked" in head.lower()
+    # Every chunk framed once, then the last chunk: de-chunked, the engine's events as sent.
+    events, rest = _dechunk(framed)
+    assert rest == b"" and events.count(b'"token"') == 5
+    assert events.endswith(b"data: [DONE]\n\n")
+
+
+def _dechunk(framed: bytes) -> tuple[bytes, bytes]:
+    """The body of a chunked message, and what follows its last chunk."""
+    body = b""
+    while True:
+        size_line, _, framed = framed.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert framed.startswith(b"\r\n")
+            return body, framed[2:]
+        body, framed = body + framed[:size], framed[size:]
+        assert framed.startswith(b"\r\n")
+        framed = framed[2:]

@@ -389,7 +389,7 @@ def test_launch_commands(tmp_path: Path) -> None:
             engine_command("llama-cpp", spec, 8001, [], data_dir=tmp_path)
 
 
-DISABLE_PDEATHSIG = "import api.deployers._processes as m; m._die_with_parent_hook = lambda: None\n"
+DISABLE_PDEATHSIG = "import api.deployers._processes as m; m.die_with_parent_hook = lambda: None\n"
 AIF_CHILD = """
 import asyncio, sys
 from pathlib import Path

@@ -177,6 +177,30 @@ async def test_several_gateways_over_http_are_added_up(
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
+async def test_this_process_and_its_chat_workers_are_added_up(
+    gateways: list[tuple[FakeGateway, str]],
+) -> None:
+    (worker, worker_url), _ = gateways
+    local, clock = FakeGateway("m"), Clock()
+    source = GatewaySource.from_registry(
+        local.registry, clock=clock, peers=[worker_url], client=httpx.AsyncClient()
+    )
+    try:
+        await source.fetch(_record())
+        local.serve("m", TTFT_S[:60], TPOT_S)
+        worker.serve("m", TTFT_S[60:], [])
+        local.in_flight.labels(model="m").set(3)
+        worker.in_flight.labels(model="m").set(4)
+        clock.now += 10
+        snapshot = await source.fetch(_record())
+    finally:
+        await source.close()
+    assert snapshot is not None
+    assert snapshot.ttft_p95_ms == pytest.approx(TTFT_P95_MS)
+    assert snapshot.request_rate == pytest.approx(10)
+    assert snapshot.in_flight == 7
+
+
 def _collect_of(gateway: FakeGateway) -> Collect:
     async def collect() -> Iterable[Metric]:
         return list(gateway.registry.collect())

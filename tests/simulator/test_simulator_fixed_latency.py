@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from domain.presets import load_presets
 from simulator import Engine, EngineConfig, GenerationRequest, step_cost_s
 from simulator.__main__ import parse_args
 from tests.simulator.test_simulator_scheduler import CONFIG, FakeTime
@@ -76,3 +77,15 @@ def test_the_command_line_sets_the_fixed_mode() -> None:
         parse_args([*base, "--fixed-ttft-ms", "50"])
     with pytest.raises(SystemExit):
         parse_args([*base, "--fixed-itl-ms", "-1"])
+
+
+def test_the_command_line_sizes_the_kv_cache() -> None:
+    base = ["--port", "8000", "--served-model-name", "m", "--model-type",
+            "DeepSeek-R1-Distill-Qwen-7B"]  # fmt: skip
+    assert parse_args([*base, "--kv-cache-blocks", "512"]).kv_cache_blocks == 512
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--kv-cache-blocks", "0"])
+    preset = load_presets()["DeepSeek-R1-Distill-Qwen-7B"]
+    assert EngineConfig.from_preset(preset, "m", kv_cache_blocks=512).kv_cache_blocks == 512
+    default = EngineConfig.from_preset(preset, "m").kv_cache_blocks
+    assert default == preset.simulator.kv_cache_blocks
