@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from typer.testing import CliRunner
 
 from api.cli import app
@@ -19,7 +20,11 @@ runner = CliRunner()
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """What ``aif serve`` would have served with, instead of serving."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("api.cli.uvicorn.run", lambda app, **options: calls.append(options))
+
+    def run(server: uvicorn.Server, sockets: Any = None) -> None:
+        calls.append({"host": server.config.host, "port": server.config.port})
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     return calls
 
 
