@@ -145,8 +145,10 @@ class Settings(ClusterConfig, BaseSettings):
     # An SLO breach the concurrency does not explain must last this long to lower the
     # per-instance capacity.
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)
-    # The stable window: scale-in follows the mean concurrency over it (Knative's 60 s).
-    scale_downscale_delay_s: float = Field(default=60.0, gt=0)
+    # The stable window: scale-in follows the mean concurrency over it, so a burst's
+    # instances are given back within about this long after it (and a dip shorter than it
+    # gives back only part of them).
+    scale_downscale_delay_s: float = Field(default=30.0, gt=0)
     # With no traffic at all for this long, a model steps toward min_instance (0: to zero).
     scale_idle_s: float = Field(default=300.0, ge=0)
 

@@ -10,7 +10,7 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
 1. **Signals** (:func:`measure`). Concurrency now, and its mean over the *panic window* (a few
    seconds) and over the *stable window* (``downscale_delay_s``), from the samples the state
    keeps. The SLO ratio: the worse of p95 TTFT / target and p95 TPOT / target (None without
-   latency data). Idle: nothing answered, in flight or queued.
+   latency data). Idle: nothing answered since the last pass, in flight or queued.
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
    within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
    ``upscale_delay_s`` with no queue at the gateway over the last ``latency_window_s`` (so the
@@ -25,16 +25,18 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    - *breach*: the SLO missed for ``upscale_delay_s`` though the concurrency fits: the
      estimate was lowered; sized by it, and at least one more instance.
    - *steady*: ``ceil(mean concurrency / (estimate * target_utilisation))`` over the stable
-     window and the panic window, whichever is higher, at least one: up at once, and in one
-     step at a time, so instances are given back as the burst leaves the stable window.
-   - *idle*: nothing answered, in flight or queued for ``idle_window_s``: toward
-     ``min_instance``, which may be 0.
+     window and the panic window, whichever is higher, at least one: up at once; down as the
+     burst leaves the stable window.
+   - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
+     last answer, not from when its latency leaves the window): toward ``min_instance``,
+     which may be 0. Until then an idle model is *steady*, and gives back instances as any.
 
 4. **Steps and bounds**: at most ``max_step_up`` instances over those *ready* per decision (a
-   pass does not pile up instances while earlier ones still start), ``max_step_down`` down;
-   no scale-in before the stable window has been observed once, nor within a panic window of
-   a scale-up (an instance just asked for is not given back before it served); then
-   :func:`domain.records.within_bounds`.
+   pass does not pile up instances while earlier ones still start); scale-in one step
+   (``max_step_down``) at a time, no lower than the highest recommendation over
+   ``scale_in_hold_s`` (an instance is not given back for a dip shorter than that, nor before
+   it served the burst it was added for), and not before the stable window was observed once;
+   then :func:`domain.records.within_bounds`.
 
 Every :class:`Decision` carries ``inputs``, a flat dict of every figure that led to it, for one
 structured log line.
@@ -60,7 +62,7 @@ class PolicyConfig:
     # is a burst, acted on at once.
     panic_window_s: float = 6.0
     # The stable window: scale-in follows the mean concurrency over it.
-    downscale_delay_s: float = 60.0
+    downscale_delay_s: float = 30.0
     # Scale-in goes no lower than the highest recommendation over this (hysteresis: no
     # instance is given back for a dip shorter than it, nor before it served a burst).
     scale_in_hold_s: float = 15.0
@@ -112,8 +114,9 @@ class ScalingState:
     queued_at: float | None = None
     # (time, recommended replicas) over the scale-in hold.
     recommendations: tuple[tuple[float, int], ...] = ()
-    # When the current idle spell began.
+    # When the current idle spell began, and the request rate at the last pass.
     idle_since: float | None = None
+    last_rate: float = 0.0
     # When the current unbroken run of readable snapshots began.
     observed_since: float | None = None
     # (time, concurrency) over the stable window.
@@ -168,14 +171,15 @@ def observe(
     now = ctx.now
     concurrency = snap.in_flight + snap.queued
     kept = tuple((t, c) for t, c in state.concurrency if t > now - config.downscale_delay_s)
-    idle = (
-        snap.request_rate <= 0
-        and concurrency <= 0
-        and slo_ratio(snap, ctx.ttft_target_ms, ctx.tpot_target_ms) is None
-    )
+    # Nothing in flight or queued, and nothing answered since the last pass (one more request
+    # over the window raises the rate by 1/window): the windowed rate and latency of the last
+    # requests linger for a window, but the spell begins with the last answer.
+    answered = snap.request_rate > state.last_rate + 0.5 / config.latency_window_s
+    idle = concurrency <= 0 and not answered
     return replace(
         state,
         concurrency=(*kept, (now, concurrency)),
+        last_rate=snap.request_rate,
         queued_at=now if snap.queued > 0 else state.queued_at,
         idle_since=_keep(state.idle_since, now) if idle else None,
         observed_since=_keep(state.observed_since, now),
@@ -188,14 +192,15 @@ def measure(
     ratio = slo_ratio(snap, ctx.ttft_target_ms, ctx.tpot_target_ms)
     now_c = snap.in_flight + snap.queued
     settled = state.queued_at is None or ctx.now - state.queued_at >= config.latency_window_s
-    breach = ratio is not None and ratio > 1 + config.upscale_tolerance and settled
+    loaded = now_c > 0 or snap.request_rate > 0
+    breach = ratio is not None and ratio > 1 + config.upscale_tolerance and settled and loaded
     return Signals(
         ratio=ratio,
         now=now_c,
         panic_mean=_mean(state.concurrency, ctx.now - config.panic_window_s),
         stable_mean=_mean(state.concurrency, ctx.now - config.downscale_delay_s),
         saturation=now_c / (max(ctx.ready, 1) * max(ctx.capacity_per_instance, 1)),
-        idle=state.idle_since is not None,
+        idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
         breach=breach,
     )
 
@@ -261,9 +266,6 @@ def _act(
     """Apply the steps, the stable window and the idle window to the recommendation."""
     now, replicas = ctx.now, ctx.replicas
     if stage == "idle":
-        idle_for = now - _keep(state.idle_since, now)
-        if idle_for < config.idle_window_s:
-            return replicas, f"idle for {idle_for:.0f}/{config.idle_window_s:.0f}s", state
         target = max(wanted, replicas - config.max_step_down)
         return target, "idle: scale toward min_instance" if target < replicas else "idle", state
     if wanted > replicas:

@@ -189,7 +189,31 @@ def test_an_instance_added_for_a_burst_is_held_before_it_is_given_back() -> None
 def test_idle_is_a_signal() -> None:
     model = Model(replicas=3, min_instance=0)
     replicas = model.run(range(0, 240, 30), IDLE)
-    assert replicas == [3, 3, 3, 3, 2, 1, 0, 0]  # after the idle window, a step at a time
+    # Once the stable window was observed (60 s), as any light load: toward one instance.
+    # After the idle window (120 s), toward min_instance, a step at a time.
+    assert replicas == [3, 3, 2, 1, 0, 0, 0, 0]
+    assert model.decisions[4].reason == "idle: scale toward min_instance"
+
+
+def test_the_idle_spell_begins_with_the_last_answer_not_when_its_latency_leaves_the_window() -> (
+    None
+):
+    model = Model(replicas=1, min_instance=0)
+    model.step(0, load(in_flight=1, rate=1.0))
+    # Nothing in flight; the window's rate and p95 still show the last requests.
+    lingering = load(in_flight=0, rate=1.0, ratio=0.5)
+    assert model.run(range(1, 121), lingering) == [1] * 120
+    assert model.step(121, lingering).replicas == 0
+
+
+def test_a_request_answered_between_two_passes_ends_the_idle_spell() -> None:
+    model = Model(replicas=1, min_instance=0)
+    model.run(range(0, 100), load(in_flight=0, rate=0.5))
+    # One more request answered over a 30 s window: the rate rose by 1/30.
+    assert model.step(100, load(in_flight=0, rate=0.5 + 1 / 30)).replicas == 1
+    # The spell begins at the next pass.
+    assert model.run(range(101, 221), load(in_flight=0, rate=0.5)) == [1] * 120
+    assert model.step(221, load(in_flight=0, rate=0.5)).replicas == 0
 
 
 def test_idle_stops_at_min_instance() -> None:
@@ -201,7 +225,10 @@ def test_traffic_ends_the_idle_spell() -> None:
     model = Model(replicas=2, min_instance=0)
     model.run(range(0, 100, 30), IDLE)
     model.step(100, load(in_flight=12))  # needs both instances
-    assert model.run(range(130, 230, 30), IDLE) == [2, 2, 2, 2]  # the window starts over
+    assert model.replicas == 2
+    # The idle window starts over at t=130: nothing toward 0 before t=250.
+    assert 0 not in model.run(range(130, 250, 30), IDLE)
+    assert model.step(250, IDLE).replicas == 0
 
 
 def test_unreadable_metrics_hold() -> None:
