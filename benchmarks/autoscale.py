@@ -668,10 +668,9 @@ def report(runs: list[Run], zero: Zero | None) -> None:
             for line in run.decisions:
                 print(f"    {line}")
     if zero is not None:
-        bound = SCALE_WINDOW_S + IDLE_WINDOW_S + SCALE_INTERVAL_S
+        bound = IDLE_WINDOW_S + SCALE_INTERVAL_S
         print(f"\nscale to zero: IDLE with 0 ready {zero.idle_to_zero_s:.1f}s after the last "
-              f"answer (window {SCALE_WINDOW_S:g}s + idle window {IDLE_WINDOW_S:g}s + one "
-              f"interval = {bound:g}s)")  # fmt: skip
+              f"answer (idle window {IDLE_WINDOW_S:g}s + one interval = {bound:g}s)")  # fmt: skip
         print(f"scale from zero: engine process seen {_fmt(zero.engine_started_s, 2)}s, "
               f"ready {_fmt(zero.engine_ready_s, 2)}s, first token {_fmt(zero.first_token_s, 2)}s "
               f"after the request was sent; answered whole: {zero.ok}")  # fmt: skip
