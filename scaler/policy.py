@@ -13,8 +13,9 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    latency data). Idle: nothing answered since the last pass, in flight or queued.
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
    within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
-   ``upscale_delay_s`` with no queue at the gateway over the last ``latency_window_s`` (so the
-   latency is the engines', not a queue's that has since cleared) lowers it below the
+   ``upscale_delay_s`` with no queue at the gateway, nor instances added for a breach, over the
+   last ``latency_window_s`` (so the latency is the engines' now, not a queue's that has since
+   cleared or from before the last step) lowers it below the
    concurrency at which it happened; engines queueing internally lower it to what they run.
    Meeting the SLO at that concurrency raises it back toward the preset's.
 3. **Recommendation** (:func:`recommend`), by stage:
@@ -110,8 +111,9 @@ class ScalingState:
     capacity_estimate: float | None = None
     # When the current breach (with the concurrency fitting) began.
     breach_since: float | None = None
-    # When requests last queued at the gateway (latency read since may be the queue's).
-    queued_at: float | None = None
+    # When latency was last disturbed: requests queued at the gateway, or instances added for a
+    # breach (latency read within a window since is the queue's, or from before the change).
+    unsettled_at: float | None = None
     # (time, recommended replicas) over the scale-in hold.
     recommendations: tuple[tuple[float, int], ...] = ()
     # When the current idle spell began, and the request rate at the last pass.
@@ -180,7 +182,7 @@ def observe(
         state,
         concurrency=(*kept, (now, concurrency)),
         last_rate=snap.request_rate,
-        queued_at=now if snap.queued > 0 else state.queued_at,
+        unsettled_at=now if snap.queued > 0 else state.unsettled_at,
         idle_since=_keep(state.idle_since, now) if idle else None,
         observed_since=_keep(state.observed_since, now),
     )
@@ -191,7 +193,7 @@ def measure(
 ) -> Signals:
     ratio = slo_ratio(snap, ctx.ttft_target_ms, ctx.tpot_target_ms)
     now_c = snap.in_flight + snap.queued
-    settled = state.queued_at is None or ctx.now - state.queued_at >= config.latency_window_s
+    settled = state.unsettled_at is None or ctx.now - state.unsettled_at >= config.latency_window_s
     loaded = now_c > 0 or snap.request_rate > 0
     breach = ratio is not None and ratio > 1 + config.upscale_tolerance and settled and loaded
     return Signals(
@@ -272,7 +274,7 @@ def _act(
         ceiling = ctx.ready + config.max_step_up
         if ceiling <= replicas:
             return replicas, f"{stage}: {replicas - ctx.ready} instances still starting", state
-        after = replace(state, breach_since=None) if stage == "breach" else state
+        after = replace(state, breach_since=None, unsettled_at=now) if stage == "breach" else state
         return min(wanted, ceiling), f"{stage}: scale up to the demand", after
     if wanted == replicas or stage != "steady":
         return replicas, "within target", state

@@ -116,6 +116,10 @@ def test_a_breach_without_load_to_learn_from_adds_one() -> None:
     slow = LoadSnapshot(ttft_p95_ms=3000, tpot_p95_ms=5, request_rate=1)
     assert model.run(range(0, 11), slow) == [2] * 10 + [3]
     assert model.state.capacity_estimate is None
+    # The next step waits for the latency window to show the instance added (30 s), then
+    # for the breach to last the delay again (10 s).
+    assert model.run(range(11, 50), slow) == [3] * 39
+    assert model.step(50, slow).replicas == 4
 
 
 def test_a_breach_within_tolerance_does_not_scale() -> None:
