@@ -305,8 +305,11 @@ def _task_executor_manager(
         source,
         interval_s=settings.scale_interval_s,
         policy=PolicyConfig(
-            upscale_delay_s=settings.scale_upscale_delay_s,
+            target_utilisation=settings.scale_target_utilisation,
+            panic_window_s=settings.scale_panic_window_s,
             downscale_delay_s=settings.scale_downscale_delay_s,
+            upscale_delay_s=settings.scale_upscale_delay_s,
+            latency_window_s=settings.scale_window_s,
             idle_window_s=settings.scale_idle_s,
         ),
         on_change=on_change,

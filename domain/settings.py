@@ -148,10 +148,22 @@ class Settings(ClusterConfig, BaseSettings):
     gateway_metrics_urls: list[str] = Field(default_factory=list)
     # The window over which p95s and request rates are computed (PromQL's [window]).
     scale_window_s: float = Field(default=30.0, gt=0)
-    # task-executor-manager: how often latency is read and replicas decided.
-    scale_interval_s: float = Field(default=5.0, gt=0)
+    # task-executor-manager: how often load is read and replicas decided. A burst is acted on
+    # at the next pass, so this bounds how late a scale-up can be.
+    scale_interval_s: float = Field(default=1.0, gt=0)
+    # Replicas follow concurrency (in flight + queued at the gateway) at this fraction of what
+    # an instance holds at once (max-num-seqs): the headroom left for a burst's first seconds.
+    scale_target_utilisation: float = Field(default=0.7, gt=0, le=1)
+    # Concurrency over this window beyond what the ready instances hold: a burst, scaled up
+    # to at once (Knative's panic window).
+    scale_panic_window_s: float = Field(default=6.0, gt=0)
+    # An SLO breach the concurrency does not explain must last this long to lower the
+    # per-instance capacity.
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)
-    scale_downscale_delay_s: float = Field(default=120.0, ge=0)
+    # The stable window: scale-in follows the mean concurrency over it, so a burst's
+    # instances are given back within about this long after it (and a dip shorter than it
+    # gives back only part of them).
+    scale_downscale_delay_s: float = Field(default=30.0, gt=0)
     # With no traffic at all for this long, a model steps toward min_instance (0: to zero).
     scale_idle_s: float = Field(default=300.0, ge=0)
 

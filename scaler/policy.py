@@ -1,35 +1,43 @@
 """The scaling decision, as small pure functions in stages.
 
 ``decide(context, state)`` → ``(Decision, new state)``. No I/O and no clock: ``now`` is in the
-context, so tests step it. The stages:
+context, so tests step it. Replicas are sized from **concurrency**, as Knative's KPA does:
+requests in flight plus queued at the gateway, against what one instance serves at once (the
+engine's ``max-num-seqs``, or less where the SLO says so) at a target utilisation. Concurrency
+leads latency: it rises the moment a burst arrives, while latency grows only once a queue has
+built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity.
 
-1. **Signals** (:func:`measure`). The SLO ratio is the worse of p95 TTFT / target and p95 TPOT /
-   target (None without latency data). Saturation is what the gateway holds, in flight and
-   queued, over what the ready instances serve at once. Queued requests at the gateway and
-   the engines' own queue are leading signals: they come before latency grows.
-2. **Learning** (:func:`learn`). The capacity estimate is the request rate one instance
-   sustains while meeting the SLO: raised (an EWMA toward the observed per-instance rate)
-   when the SLO is met under a substantial load, lowered below the rate at which it was
-   breached. A light load meeting the SLO says nothing about capacity and leaves it alone.
+1. **Signals** (:func:`measure`). Concurrency now, and its mean over the *panic window* (a few
+   seconds) and over the *stable window* (``downscale_delay_s``), from the samples the state
+   keeps. The SLO ratio: the worse of p95 TTFT / target and p95 TPOT / target (None without
+   latency data). Idle: nothing answered since the last pass, in flight or queued.
+2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
+   within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
+   ``upscale_delay_s`` with no queue at the gateway, nor instances added for a breach, over the
+   last ``latency_window_s`` (so the latency is the engines' now, not a queue's that has since
+   cleared or from before the last step) lowers it below the
+   concurrency at which it happened; engines queueing internally lower it to what they run.
+   Meeting the SLO at that concurrency raises it back toward the preset's.
 3. **Recommendation** (:func:`recommend`), by stage:
 
-   - *panic*: a burst (SLO ratio over ``panic_ratio``, more queued than the ready instances
-     can absorb, or requests held with nothing ready). Up at once, by a bounded step.
-   - *breach*: over target, or requests queue. Sized by the estimate,
-     ``ceil(rate / (estimate * target_utilisation))`` (latency grows much faster than load
-     under queueing, so replicas * latency ratio overshoots); without an estimate, one more.
-     Acts once the breach has lasted ``upscale_delay_s``.
-   - *steady*: the fewest instances the load needs (by the estimate and by concurrency),
-     never more than now. Acts only as a scale-in through the stable window: the target is
-     the highest recommendation over the last ``downscale_delay_s`` (Knative's stable
-     window), so a short dip does not scale in. Low latency is not required: near idle,
-     TTFT is bound by prompt length.
-   - *idle*: nothing answered, in flight or queued for ``idle_window_s``: toward
-     ``min_instance``, which may be 0.
+   - *panic*: more concurrency (now, or over the panic window) than the ready instances hold
+     at once, or requests held with nothing ready: up at once, sized to the demand,
+     ``ceil(concurrency / (estimate * target_utilisation))``, not doubled to the maximum.
+   - *breach*: the SLO missed for ``upscale_delay_s`` though the concurrency fits: the
+     estimate was lowered; sized by it, and at least one more instance.
+   - *steady*: ``ceil(mean concurrency / (estimate * target_utilisation))`` over the stable
+     window and the panic window, whichever is higher, at least one: up at once; down as the
+     burst leaves the stable window.
+   - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
+     last answer, not from when its latency leaves the window): toward ``min_instance``,
+     which may be 0. Until then an idle model is *steady*, and gives back instances as any.
 
-4. **Steps and bounds**: at most ``max_step_up`` (and at most doubling) up, ``max_step_down``
-   down per decision, sized from the *ready* instances so a pass does not pile up instances
-   while earlier ones still start; then :func:`domain.records.within_bounds`.
+4. **Steps and bounds**: at most ``max_step_up`` instances over those *ready* per decision (a
+   pass does not pile up instances while earlier ones still start); scale-in one step
+   (``max_step_down``) at a time, no lower than the highest recommendation over
+   ``scale_in_hold_s`` (an instance is not given back for a dip shorter than that, nor before
+   it served the burst it was added for), and not before the stable window was observed once;
+   then :func:`domain.records.within_bounds`.
 
 Every :class:`Decision` carries ``inputs``, a flat dict of every figure that led to it, for one
 structured log line.
@@ -49,30 +57,32 @@ Inputs = Mapping[str, float | int | str | None]
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    # Within 10% over target is noise, not a reason to add an instance.
-    upscale_tolerance: float = 0.1
-    # A (non-panic) breach must last this long before instances are added.
-    upscale_delay_s: float = 10.0
-    # The stable window: scale in only to the highest recommendation seen over it.
-    downscale_delay_s: float = 120.0
-    # Over this SLO ratio it is a burst: scale up at once.
-    panic_ratio: float = 2.0
-    # Over this saturation (queued beyond what the ready instances absorb): a burst too.
-    panic_saturation: float = 1.5
-    # Instances added at most per decision (and never more than doubling).
+    # Size for this fraction of what an instance holds at once, leaving headroom for bursts.
+    target_utilisation: float = 0.7
+    # The panic window: mean concurrency over it (or now) beyond what the ready instances hold
+    # is a burst, acted on at once.
+    panic_window_s: float = 6.0
+    # The stable window: scale-in follows the mean concurrency over it.
+    downscale_delay_s: float = 30.0
+    # Scale-in goes no lower than the highest recommendation over this (hysteresis: no
+    # instance is given back for a dip shorter than it, nor before it served a burst).
+    scale_in_hold_s: float = 15.0
+    # Instances added at most per decision, over those ready.
     max_step_up: int = 4
     # Instances removed at most per decision.
     max_step_down: int = 1
-    # Size for this fraction of the estimated capacity, leaving headroom.
-    target_utilisation: float = 0.8
+    # Within 10% over target is noise, not a reason to lower the estimate.
+    upscale_tolerance: float = 0.1
+    # A breach of the SLO with the concurrency fitting must last this long to count.
+    upscale_delay_s: float = 10.0
+    # The window latency is read over: after a queue, latency stays high this long.
+    latency_window_s: float = 30.0
+    # A breach lowers the estimate to the per-instance concurrency it happened at, times this.
+    breach_backoff: float = 0.8
+    # Meeting the SLO near the estimate moves it this fraction back toward the preset's.
+    estimate_alpha: float = 0.2
     # No traffic for this long: toward min_instance (possibly 0).
     idle_window_s: float = 300.0
-    # Learn the capacity estimate only above this saturation ("a substantial load").
-    learn_min_saturation: float = 0.1
-    # EWMA weight of a new observation in the capacity estimate.
-    estimate_alpha: float = 0.3
-    # On a breach at per-instance rate r, the estimate is lowered toward r * this.
-    breach_backoff: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,8 @@ class ScalingContext:
     max_instance: int
     ttft_target_ms: float
     tpot_target_ms: float
-    # Requests one instance serves at once (the gateway's admission capacity per instance).
+    # Requests one instance serves at once (the gateway's admission capacity per instance,
+    # by default the engine's max-num-seqs).
     capacity_per_instance: int
     # The model's load; None when it could not be read (the policy holds).
     snapshot: LoadSnapshot | None
@@ -96,16 +107,22 @@ class ScalingContext:
 class ScalingState:
     """What one model's decisions remember between passes."""
 
-    # Requests per second one instance sustains within the SLO; None until learnt.
+    # Requests one instance holds at once within the SLO; None: the preset's.
     capacity_estimate: float | None = None
-    # When the current (non-panic) breach began.
+    # When the current breach (with the concurrency fitting) began.
     breach_since: float | None = None
-    # When the current idle spell began.
+    # When latency was last disturbed: requests queued at the gateway, or instances added for a
+    # breach (latency read within a window since is the queue's, or from before the change).
+    unsettled_at: float | None = None
+    # (time, recommended replicas) over the scale-in hold.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    # When the current idle spell began, and the request rate at the last pass.
     idle_since: float | None = None
+    last_rate: float = 0.0
     # When the current unbroken run of readable snapshots began.
     observed_since: float | None = None
-    # (time, recommended replicas) over the stable window.
-    recommendations: tuple[tuple[float, int], ...] = ()
+    # (time, concurrency) over the stable window.
+    concurrency: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,13 +140,15 @@ class Decision:
 @dataclass(frozen=True)
 class Signals:
     ratio: float | None
+    # In flight + queued at the gateway: now, and its means over the two windows.
+    now: float
+    panic_mean: float
+    stable_mean: float
+    # Concurrency now over what the ready instances hold at once.
     saturation: float
-    per_instance_rate: float
     idle: bool
-    panic: bool
+    # Latency over target (beyond the tolerance), not explained by a recent queue.
     breach: bool
-    # Requests wait somewhere (the gateway's queue, the engines'): no scale-in.
-    waiting: bool
 
 
 def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) -> float | None:
@@ -142,88 +161,96 @@ def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) 
     return max(ratios) if ratios else None
 
 
-def measure(ctx: ScalingContext, snap: LoadSnapshot, config: PolicyConfig) -> Signals:
-    ratio = slo_ratio(snap, ctx.ttft_target_ms, ctx.tpot_target_ms)
-    ready = max(ctx.ready, 1)
-    saturation = (snap.in_flight + snap.queued) / (ready * max(ctx.capacity_per_instance, 1))
-    engine_waiting = (snap.engine_waiting or 0.0) > 0
-    waiting = snap.queued > 0 or engine_waiting
-    idle = (
-        snap.request_rate <= 0 and snap.in_flight <= 0 and not waiting and ratio is None
-    )  # fmt: skip
-    panic = (
-        (ratio is not None and ratio > config.panic_ratio)
-        or saturation > config.panic_saturation
-        or (snap.queued > 0 and ctx.ready == 0)
+def _mean(samples: tuple[tuple[float, float], ...], since: float) -> float:
+    inside = [c for t, c in samples if t > since]
+    return sum(inside) / len(inside) if inside else 0.0
+
+
+def observe(
+    state: ScalingState, ctx: ScalingContext, snap: LoadSnapshot, config: PolicyConfig
+) -> ScalingState:
+    """The state with this pass's concurrency sample and spells."""
+    now = ctx.now
+    concurrency = snap.in_flight + snap.queued
+    kept = tuple((t, c) for t, c in state.concurrency if t > now - config.downscale_delay_s)
+    # Nothing in flight or queued, and nothing answered since the last pass (one more request
+    # over the window raises the rate by 1/window): the windowed rate and latency of the last
+    # requests linger for a window, but the spell begins with the last answer.
+    answered = snap.request_rate > state.last_rate + 0.5 / config.latency_window_s
+    idle = concurrency <= 0 and not answered
+    return replace(
+        state,
+        concurrency=(*kept, (now, concurrency)),
+        last_rate=snap.request_rate,
+        unsettled_at=now if snap.queued > 0 else state.unsettled_at,
+        idle_since=_keep(state.idle_since, now) if idle else None,
+        observed_since=_keep(state.observed_since, now),
     )
-    breach = (ratio is not None and ratio > 1 + config.upscale_tolerance) or waiting
-    return Signals(ratio, saturation, snap.request_rate / ready, idle, panic, breach, waiting)
+
+
+def measure(
+    ctx: ScalingContext, snap: LoadSnapshot, state: ScalingState, config: PolicyConfig
+) -> Signals:
+    ratio = slo_ratio(snap, ctx.ttft_target_ms, ctx.tpot_target_ms)
+    now_c = snap.in_flight + snap.queued
+    settled = state.unsettled_at is None or ctx.now - state.unsettled_at >= config.latency_window_s
+    loaded = now_c > 0 or snap.request_rate > 0
+    breach = ratio is not None and ratio > 1 + config.upscale_tolerance and settled and loaded
+    return Signals(
+        ratio=ratio,
+        now=now_c,
+        panic_mean=_mean(state.concurrency, ctx.now - config.panic_window_s),
+        stable_mean=_mean(state.concurrency, ctx.now - config.downscale_delay_s),
+        saturation=now_c / (max(ctx.ready, 1) * max(ctx.capacity_per_instance, 1)),
+        idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
+        breach=breach,
+    )
 
 
 def learn(
-    estimate: float | None, ctx: ScalingContext, sig: Signals, config: PolicyConfig
-) -> float | None:
-    """The capacity estimate after this observation."""
-    rate, alpha = sig.per_instance_rate, config.estimate_alpha
-    if ctx.ready < 1 or rate <= 0 or sig.ratio is None:
+    estimate: float | None, ctx: ScalingContext, snap: LoadSnapshot, sig: Signals,
+    breach_lasted: bool, config: PolicyConfig,
+) -> float | None:  # fmt: skip
+    """The capacity estimate (concurrency per instance within the SLO) after this pass."""
+    preset = float(max(ctx.capacity_per_instance, 1))
+    current = preset if estimate is None else estimate
+    if ctx.ready < 1:
         return estimate
-    if sig.ratio <= 1 and sig.saturation >= config.learn_min_saturation:
-        if estimate is None:
-            return rate
-        return estimate + alpha * (rate - estimate) if rate > estimate else estimate
-    if sig.ratio > 1 + config.upscale_tolerance and estimate is not None:
-        return min(estimate, (1 - alpha) * estimate + alpha * rate * config.breach_backoff)
-    return estimate
+    per_instance = snap.in_flight / ctx.ready
+    if snap.engine_waiting and snap.engine_waiting > 0:
+        running = (snap.in_flight - snap.engine_waiting) / ctx.ready
+        current = min(current, max(1.0, running))  # the engines hold fewer than admitted
+    if breach_lasted and per_instance > 0:
+        current = min(current, max(1.0, per_instance * config.breach_backoff))
+    elif (
+        sig.ratio is not None and sig.ratio <= 1 and not snap.engine_waiting
+        and per_instance >= current * config.target_utilisation
+    ):  # fmt: skip
+        current += config.estimate_alpha * (preset - current)
+    return None if current >= preset else current
 
 
-def grow(ready: int, config: PolicyConfig) -> int:
-    """The most instances one step up from ``ready`` reaches: at most doubling, +max_step_up."""
-    return ready + max(1, min(ready, config.max_step_up))
-
-
-def needed(
-    ctx: ScalingContext, snap: LoadSnapshot, estimate: float | None, config: PolicyConfig
-) -> int:
-    """Instances the load needs at the target utilisation: by rate (with an estimate) and by
-    concurrency; at least one while there is traffic."""
-    util = config.target_utilisation
-    by_concurrency = math.ceil(
-        (snap.in_flight + snap.queued) / (max(ctx.capacity_per_instance, 1) * util)
-    )
-    by_rate = math.ceil(snap.request_rate / (estimate * util)) if estimate else 0
-    return max(by_concurrency, by_rate, 1)
+def per_instance_target(ctx: ScalingContext, estimate: float | None, config: PolicyConfig) -> float:
+    capacity = float(max(ctx.capacity_per_instance, 1)) if estimate is None else estimate
+    return max(capacity * config.target_utilisation, 1e-9)
 
 
 def recommend(
-    ctx: ScalingContext,
-    snap: LoadSnapshot,
-    sig: Signals,
-    estimate: float | None,
+    ctx: ScalingContext, sig: Signals, estimate: float | None, breach_lasted: bool,
     config: PolicyConfig,
-) -> tuple[str, int]:
-    """(stage, replicas it asks for), before delays, windows and bounds."""
+) -> tuple[str, int]:  # fmt: skip
+    """(stage, replicas it asks for), before steps and bounds."""
     if sig.idle:
         return "idle", ctx.min_instance
-    ceiling = grow(ctx.ready, config)
-    if sig.panic:
-        return "panic", max(ctx.replicas, ceiling)
-    if sig.breach:
-        more = ctx.ready + 1
-        if estimate is not None:
-            more = max(more, min(needed(ctx, snap, estimate, config), ceiling))
-        return "breach", max(ctx.replicas, more)
-    if sig.ratio is not None and sig.ratio > 1:
-        return "steady", ctx.replicas  # within tolerance over target: no scale-in either
-    return "steady", min(ctx.replicas, needed(ctx, snap, estimate, config))
-
-
-def _windowed(state: ScalingState, now: float, wanted: int, window_s: float) -> ScalingState:
-    kept = tuple((t, n) for t, n in state.recommendations if t > now - window_s)
-    return replace(state, recommendations=(*kept, (now, wanted)))
-
-
-def _since(then: float | None, now: float) -> float | None:
-    return None if then is None else now - then
+    target = per_instance_target(ctx, estimate, config)
+    holds = ctx.ready * (float(ctx.capacity_per_instance) if estimate is None else estimate)
+    burst = max(sig.now, sig.panic_mean)
+    if burst > holds:
+        return "panic", max(math.ceil(burst / target), 1)
+    steady = max(math.ceil(max(sig.stable_mean, sig.panic_mean) / target), 1)
+    if breach_lasted:
+        return "breach", max(steady, ctx.ready + 1)
+    return "steady", steady
 
 
 def _keep(since: float | None, now: float) -> float:
@@ -231,34 +258,33 @@ def _keep(since: float | None, now: float) -> float:
     return now if since is None else since
 
 
+def _since(then: float | None, now: float) -> float | None:
+    return None if then is None else now - then
+
+
 def _act(
     ctx: ScalingContext, stage: str, wanted: int, state: ScalingState, config: PolicyConfig
 ) -> tuple[int, str, ScalingState]:
-    """Apply the delays, the stable window and the steps to the recommendation."""
+    """Apply the steps, the stable window and the idle window to the recommendation."""
     now, replicas = ctx.now, ctx.replicas
-    if stage in ("panic", "breach") and wanted <= replicas:
-        return replicas, f"{stage}: {replicas - ctx.ready} instances still starting", state
-    if stage == "panic":
-        return wanted, "panic: scale up at once", replace(state, breach_since=now)
-    if stage == "breach":
-        waited = now - _keep(state.breach_since, now)
-        if waited < config.upscale_delay_s:
-            return replicas, f"breach for {waited:.0f}/{config.upscale_delay_s:.0f}s", state
-        return wanted, "breach: scale up", replace(state, breach_since=now)
     if stage == "idle":
-        idle_for = now - _keep(state.idle_since, now)
-        if idle_for < config.idle_window_s:
-            return replicas, f"idle for {idle_for:.0f}/{config.idle_window_s:.0f}s", state
         target = max(wanted, replicas - config.max_step_down)
         return target, "idle: scale toward min_instance" if target < replicas else "idle", state
-    stable_for = now - _keep(state.observed_since, now)
-    window_max = max(n for _, n in state.recommendations)
-    if window_max >= replicas:
+    if wanted > replicas:
+        ceiling = ctx.ready + config.max_step_up
+        if ceiling <= replicas:
+            return replicas, f"{stage}: {replicas - ctx.ready} instances still starting", state
+        after = replace(state, breach_since=None, unsettled_at=now) if stage == "breach" else state
+        return min(wanted, ceiling), f"{stage}: scale up to the demand", after
+    if wanted == replicas or stage != "steady":
         return replicas, "within target", state
-    if stable_for < config.downscale_delay_s:
-        return replicas, f"low for {stable_for:.0f}/{config.downscale_delay_s:.0f}s", state
-    target = max(window_max, replicas - config.max_step_down)
-    return target, "stable window: scale in", state
+    held = max(n for t, n in state.recommendations)
+    if held >= replicas:
+        return replicas, f"held: {held} recommended within {config.scale_in_hold_s:.0f}s", state
+    observed_for = now - _keep(state.observed_since, now)
+    if observed_for < config.downscale_delay_s:
+        return replicas, f"low for {observed_for:.0f}/{config.downscale_delay_s:.0f}s", state
+    return max(held, replicas - config.max_step_down), "stable window: scale in", state
 
 
 def decide(
@@ -269,17 +295,16 @@ def decide(
     if snap is None:
         held = within_bounds(ctx.replicas, ctx.min_instance, ctx.max_instance)
         return Decision(held, "no metrics: hold", _inputs(ctx, None, state, "hold")), state
-    sig = measure(ctx, snap, config)
+    state = observe(state, ctx, snap, config)
+    sig = measure(ctx, snap, state, config)
     now = ctx.now
-    state = replace(
-        state,
-        capacity_estimate=learn(state.capacity_estimate, ctx, sig, config),
-        breach_since=_keep(state.breach_since, now) if sig.breach and not sig.panic else None,
-        idle_since=_keep(state.idle_since, now) if sig.idle else None,
-        observed_since=_keep(state.observed_since, now),
-    )
-    stage, wanted = recommend(ctx, snap, sig, state.capacity_estimate, config)
-    state = _windowed(state, now, wanted, config.downscale_delay_s)
+    state = replace(state, breach_since=_keep(state.breach_since, now) if sig.breach else None)
+    breach_lasted = sig.breach and now - _keep(state.breach_since, now) >= config.upscale_delay_s
+    estimate = learn(state.capacity_estimate, ctx, snap, sig, breach_lasted, config)
+    state = replace(state, capacity_estimate=estimate)
+    stage, wanted = recommend(ctx, sig, estimate, breach_lasted, config)
+    kept = tuple((t, n) for t, n in state.recommendations if t > now - config.scale_in_hold_s)
+    state = replace(state, recommendations=(*kept, (now, wanted)))
     target, reason, state = _act(ctx, stage, wanted, state, config)
     replicas = within_bounds(target, ctx.min_instance, ctx.max_instance)
     inputs = {**_inputs(ctx, sig, state, stage), "recommended": wanted}
@@ -290,7 +315,6 @@ def _inputs(
     ctx: ScalingContext, sig: Signals | None, state: ScalingState, stage: str
 ) -> dict[str, float | int | str | None]:
     snap = ctx.snapshot or LoadSnapshot()
-    window = [n for _, n in state.recommendations]
     return {
         "stage": stage,
         "slo_ratio": sig.ratio if sig else None,
@@ -303,15 +327,16 @@ def _inputs(
         "queued": snap.queued,
         "engine_waiting": snap.engine_waiting,
         "kv_usage": snap.kv_usage,
+        "concurrency": sig.now if sig else None,
+        "panic_concurrency": sig.panic_mean if sig else None,
+        "stable_concurrency": sig.stable_mean if sig else None,
         "saturation": sig.saturation if sig else None,
-        "per_instance_rate": sig.per_instance_rate if sig else None,
         "capacity_estimate": state.capacity_estimate,
         "capacity_per_instance": ctx.capacity_per_instance,
         "replicas": ctx.replicas,
         "ready": ctx.ready,
         "min_instance": ctx.min_instance,
         "max_instance": ctx.max_instance,
-        "window_max": max(window) if window else None,
         "observed_for_s": _since(state.observed_since, ctx.now),
         "breach_for_s": _since(state.breach_since, ctx.now),
         "idle_for_s": _since(state.idle_since, ctx.now),

@@ -62,6 +62,9 @@ class InstallConfig:
     state_storage_size: str = "1Gi"  # aif:stateStorageSize
     create_models_namespace: bool = True  # aif:createModelsNamespace
     log_level: str = "INFO"  # aif:logLevel
+    # aif:prometheusUrl: a Prometheus scraping the gateways and engines (see aif:podMonitor),
+    # where the task-executor-manager reads the models' load.
+    prometheus_url: str = ""
     # What models get on this cluster: aif:modelsNamespace, aif:schedulerName, aif:engineImage
     # ... one key per ClusterConfig field (see infra.cluster_settings.install_key).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -110,6 +113,7 @@ class InstallConfig:
             "backendCredentialsSecret": "backend_credentials_secret",
             "stateStorageSize": "state_storage_size",
             "logLevel": "log_level",
+            "prometheusUrl": "prometheus_url",
         }
         for key, attribute in strings.items():
             value = config.get(key)

@@ -11,6 +11,7 @@ to :mod:`infra.install.installation`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -87,10 +88,18 @@ def role_env(role: RoleSpec, config: InstallConfig) -> dict[str, str]:
 
     The frontend forwards inference to the chat-job-executor Service rather than serving it
     in-process, so the chat path scales on its own; set per role, not in the shared ConfigMap,
-    so that no other role forwards.
+    so that no other role forwards. The task-executor-manager reads the models' load from the
+    Prometheus of ``aif:prometheusUrl``, else from the one chat-job-executor's ``/metrics``.
     """
     if role.name == "frontend":
         return {"AIF_CHAT_EXECUTOR_URL": chat_executor_url(config.namespace)}
+    if role.name == "task-executor-manager":
+        if config.prometheus_url:
+            return {"AIF_PROMETHEUS_URL": config.prometheus_url}
+        if config.replicas.chat_job_executor == 1:
+            # One gateway: its Service's /metrics is the whole load. Behind several, each
+            # scrape would reach one of them at random: that needs aif:prometheusUrl.
+            return {"AIF_GATEWAY_METRICS_URLS": json.dumps([chat_executor_url(config.namespace)])}
     return {}
 
 

@@ -376,8 +376,32 @@ def test_the_frontend_forwards_inference_to_the_chat_job_executor_service() -> N
     # Only the frontend forwards: not the shared settings, not the other roles.
     [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
     assert "AIF_CHAT_EXECUTOR_URL" not in config_map["data"]
-    for role in ("model-job-executor", "chat-job-executor", "task-executor-manager"):
+    for role in ("model-job-executor", "chat-job-executor"):
         assert "env" not in container(installed, role), role
+    manager = {e["name"] for e in container(installed, "task-executor-manager")["env"]}
+    assert "AIF_CHAT_EXECUTOR_URL" not in manager
+
+
+def _env(installed: Installed, role: str) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(installed, role).get("env") or []}
+
+
+def test_the_task_executor_manager_reads_load_from_the_configured_prometheus() -> None:
+    installed = install(local_storage(prometheus_url="http://prometheus.monitoring:9090"))
+    env = _env(installed, "task-executor-manager")
+    assert env == {"AIF_PROMETHEUS_URL": "http://prometheus.monitoring:9090"}
+    [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
+    assert "AIF_PROMETHEUS_URL" not in config_map["data"]
+    for role in ("frontend", "model-job-executor", "chat-job-executor"):
+        assert "AIF_PROMETHEUS_URL" not in _env(installed, role), role
+
+
+def test_without_prometheus_the_manager_reads_the_one_chat_job_executor() -> None:
+    one = _env(install(local_storage(namespace="aif-system")), "task-executor-manager")
+    assert json.loads(one["AIF_GATEWAY_METRICS_URLS"]) == [chat_executor_url("aif-system")]
+    # Behind a Service, a scrape reaches one of several gateways: only Prometheus sums them.
+    several = install(local_storage(replicas=RoleReplicas(chat_job_executor=2)))
+    assert _env(several, "task-executor-manager") == {}
 
 
 def test_frontends_need_a_chat_job_executor() -> None:
@@ -431,6 +455,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
             "volcanoQueue": "llm",
             "modelsNamespace": "llm",
             "replicas": '{"frontend": 2, "modelJobExecutor": 1}',
+            "prometheusUrl": "http://prometheus.monitoring:9090",
         },
         ["aif:mongodbUrl", "aif:pulumiPassphrase"],
     )
@@ -443,6 +468,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
     assert (config.cluster.scheduler_name, config.cluster.volcano_queue) == ("volcano", "llm")
     assert config.models_namespace == "llm"
     assert config.pulumi_backend_url == "s3://aif-state"
+    assert config.prometheus_url == "http://prometheus.monitoring:9090"
 
 
 def test_missing_mongodb_url_fails_with_a_clear_message() -> None:

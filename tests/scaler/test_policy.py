@@ -9,16 +9,25 @@ import pytest
 from scaler.metrics import LoadSnapshot, histogram_quantile
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
-CONFIG = PolicyConfig(upscale_delay_s=10, downscale_delay_s=60, idle_window_s=120)
-CAPACITY = 100  # requests one instance serves at once
+CONFIG = PolicyConfig(
+    upscale_delay_s=10, downscale_delay_s=60, idle_window_s=120, panic_window_s=6,
+    latency_window_s=30, target_utilisation=0.7, scale_in_hold_s=15,
+)  # fmt: skip
+CAPACITY = 10  # requests one instance serves at once (max-num-seqs): 7 at the target
 TTFT_TARGET_MS, TPOT_TARGET_MS = 1000.0, 20.0
 
 
-def load(ratio: float | None, rate: float, in_flight: float = 0.0, **fields: float) -> LoadSnapshot:
-    """A snapshot whose TTFT is ``ratio`` times its target (TPOT well under)."""
+def load(
+    in_flight: float, queued: float = 0.0, ratio: float | None = 0.5, rate: float = 5.0,
+    **fields: float,
+) -> LoadSnapshot:  # fmt: skip
+    """A snapshot of ``in_flight`` + ``queued`` requests whose TTFT is ``ratio`` times its
+    target (TPOT well under)."""
     ttft = None if ratio is None else ratio * TTFT_TARGET_MS
     tpot = None if ratio is None else 5.0
-    return LoadSnapshot(ttft, tpot, request_rate=rate, in_flight=in_flight, **fields)
+    return LoadSnapshot(
+        ttft, tpot, request_rate=rate, in_flight=in_flight, queued=queued, **fields
+    )  # fmt: skip
 
 
 IDLE = LoadSnapshot()
@@ -50,29 +59,35 @@ class Model:
         return [self.step(t, snapshot).replicas for t in times]
 
 
-def test_a_burst_scales_up_at_once_by_a_bounded_step() -> None:
-    model = Model(replicas=2)
-    decision = model.step(0, load(ratio=5.0, rate=30, in_flight=150))
-    assert decision.replicas == 4  # at most doubling, with no upscale delay
+def test_a_burst_scales_up_at_once_sized_to_its_concurrency() -> None:
+    model = Model(replicas=2)  # holds 20 at once
+    decision = model.step(0, load(in_flight=20, queued=10))
+    # ceil(30 / (10 * 0.7)) = 5: neither doubling nor the maximum.
+    assert decision.replicas == 5
     assert decision.inputs["stage"] == "panic"
-    big = Model(replicas=6, max_instance=20)
-    assert big.step(0, load(ratio=5.0, rate=90, in_flight=500)).replicas == 10  # +max_step_up
+    assert decision.inputs["recommended"] == 5
+
+
+def test_a_burst_beyond_one_step_is_taken_a_bounded_step_at_a_time() -> None:
+    model = Model(replicas=1, max_instance=20)
+    assert model.step(0, load(in_flight=10, queued=90)).replicas == 5  # ready 1 + max_step_up
+    assert model.decisions[-1].inputs["recommended"] == 15
 
 
 def test_a_burst_does_not_pile_up_instances_while_they_start() -> None:
-    model = Model(replicas=2)
-    model.step(0, load(ratio=5.0, rate=30, in_flight=150))
-    model.starting = 2
-    assert model.run(range(5, 60, 5), load(ratio=5.0, rate=30, in_flight=150)) == [4] * 11
+    model = Model(replicas=1, max_instance=20)
+    model.step(0, load(in_flight=10, queued=90))
+    model.starting = 4
+    assert model.run(range(1, 10), load(in_flight=10, queued=90)) == [5] * 9
+    assert model.decisions[-1].reason == "panic: 4 instances still starting"
     model.starting = 0
-    assert model.step(60, load(ratio=5.0, rate=30, in_flight=150)).replicas == 8
+    assert model.step(10, load(in_flight=50, queued=50)).replicas == 9  # 5 ready + 4
 
 
-def test_queued_work_beyond_what_ready_instances_absorb_is_a_burst() -> None:
-    model = Model(replicas=1)
-    decision = model.step(0, load(ratio=0.5, rate=10, in_flight=100, queued=80))
-    assert decision.replicas == 2
-    assert decision.inputs["stage"] == "panic"
+def test_concurrency_nearing_what_instances_hold_scales_up_before_anything_queues() -> None:
+    model = Model(replicas=2)  # holds 20, sized for 14
+    decision = model.step(0, load(in_flight=16, ratio=0.5))
+    assert decision.replicas == 3 and decision.inputs["stage"] == "steady"
 
 
 def test_a_request_held_for_a_start_scales_from_zero() -> None:
@@ -80,77 +95,129 @@ def test_a_request_held_for_a_start_scales_from_zero() -> None:
     assert model.step(0, LoadSnapshot(queued=1)).replicas == 1
 
 
-def test_a_breach_waits_the_upscale_delay_then_adds_one_without_an_estimate() -> None:
-    model = Model(replicas=3)
-    assert model.run(range(0, 15, 5), load(ratio=1.5, rate=30, in_flight=40)) == [3, 3, 4]
-    assert model.decisions[-1].reason == "breach: scale up"
-    # The next step waits a full delay again, for the new instance to take load.
-    assert model.run(range(15, 35, 5), load(ratio=1.5, rate=30, in_flight=40)) == [4, 5, 5, 6]
+def test_steady_load_within_target_holds() -> None:
+    model = Model(replicas=3)  # ceil(20 / 7) = 3
+    assert model.run(range(0, 600, 1), load(in_flight=20)) == [3] * 600
+
+
+def test_a_breach_the_concurrency_does_not_explain_lowers_the_capacity_after_the_delay() -> None:
+    model = Model(replicas=2)
+    # 4 per instance fits the preset's 10, but the engines miss the SLO at it (TPOT 1.5x).
+    slow = LoadSnapshot(ttft_p95_ms=100, tpot_p95_ms=30, request_rate=5, in_flight=8)
+    assert model.run(range(0, 10), slow) == [2] * 10
+    decision = model.step(10, slow)
+    # Capacity 4 * 0.8 = 3.2 per instance; ceil(8 / (3.2 * 0.7)) = 4.
+    assert model.state.capacity_estimate == pytest.approx(3.2)
+    assert decision.replicas == 4 and decision.inputs["capacity_estimate"] == pytest.approx(3.2)
+
+
+def test_a_breach_without_load_to_learn_from_adds_one() -> None:
+    model = Model(replicas=2)
+    slow = LoadSnapshot(ttft_p95_ms=3000, tpot_p95_ms=5, request_rate=1)
+    assert model.run(range(0, 11), slow) == [2] * 10 + [3]
+    assert model.state.capacity_estimate is None
+    # The next step waits for the latency window to show the instance added (30 s), then
+    # for the breach to last the delay again (10 s).
+    assert model.run(range(11, 50), slow) == [3] * 39
+    assert model.step(50, slow).replicas == 4
 
 
 def test_a_breach_within_tolerance_does_not_scale() -> None:
     model = Model(replicas=3)
-    assert model.run(range(0, 300, 10), load(ratio=1.05, rate=30, in_flight=40)) == [3] * 30
+    assert model.run(range(0, 300, 1), load(in_flight=20, ratio=1.05)) == [3] * 300
 
 
-def test_a_tpot_breach_counts_as_much_as_ttft() -> None:
+def test_latency_left_over_from_a_queue_is_not_a_breach() -> None:
+    model = Model(replicas=3)
+    model.run(range(0, 3), load(in_flight=20, queued=12, ratio=3.0))
+    assert model.replicas == 5  # ceil(32 / 7)
+    # The queue cleared; the latency window still holds its p95 for 30 s.
+    assert model.run(range(3, 32), load(in_flight=20, ratio=3.0)) == [5] * 29
+    assert model.state.capacity_estimate is None
+
+
+def test_meeting_the_slo_near_the_estimate_raises_it_back_toward_the_preset() -> None:
     model = Model(replicas=2)
-    tpot_breach = LoadSnapshot(ttft_p95_ms=100, tpot_p95_ms=30, request_rate=10, in_flight=20)
-    assert model.run(range(0, 15, 5), tpot_breach) == [2, 2, 3]
+    slow = LoadSnapshot(ttft_p95_ms=100, tpot_p95_ms=30, request_rate=5, in_flight=8)
+    model.run(range(0, 11), slow)
+    assert model.state.capacity_estimate == pytest.approx(3.2)
+    model.step(11, load(in_flight=8))  # 2 per instance: under 3.2 * 0.7, says nothing
+    assert model.state.capacity_estimate == pytest.approx(3.2)
+    model.step(12, load(in_flight=12))  # 3 per instance, within the SLO
+    assert model.state.capacity_estimate == pytest.approx(3.2 + 0.2 * (10 - 3.2))
 
 
-def test_steady_load_meeting_the_slo_holds() -> None:
-    model = Model(replicas=3)
-    assert model.run(range(0, 600, 10), load(ratio=0.8, rate=30, in_flight=60)) == [3] * 60
-    assert model.state.capacity_estimate == pytest.approx(10)  # 30 rps over 3 instances
-
-
-def test_a_lighter_load_meeting_the_slo_does_not_lower_the_estimate() -> None:
-    model = Model(replicas=3)
-    model.run(range(0, 100, 10), load(ratio=0.8, rate=30, in_flight=60))
-    model.run(range(100, 200, 10), load(ratio=0.6, rate=15, in_flight=40))
-    assert model.state.capacity_estimate == pytest.approx(10)
-
-
-def _learn(model: Model, until: int) -> None:
-    """Four instances meet the SLO at 9 rps each, under a substantial load."""
-    model.run(range(0, until, 10), load(ratio=0.7, rate=36, in_flight=80))
-    assert model.replicas == 4 and model.state.capacity_estimate == pytest.approx(9)
-
-
-def test_a_slow_ramp_is_sized_by_the_learnt_estimate() -> None:
-    model = Model(replicas=4, max_instance=20)
-    _learn(model, until=100)
-    # 40 rps now breaches, and latency grows much faster than load: 1.9x the target.
-    replicas = model.run(range(100, 115, 5), load(ratio=1.9, rate=40, in_flight=90))
-    # ceil(40 / (9 * 0.8)) = 6; not 4 * 1.9 -> 8, nor the maximum.
-    assert replicas == [4, 4, 6]
-    decision = model.decisions[-1]
-    assert decision.inputs["capacity_estimate"] == pytest.approx(9)
-    assert decision.inputs["recommended"] == 6
+def test_engines_queueing_inside_lower_the_capacity_to_what_they_run() -> None:
+    model = Model(replicas=2)
+    decision = model.step(0, load(in_flight=10, engine_waiting=4))
+    assert model.state.capacity_estimate == pytest.approx(3)  # (10 - 4) / 2 running each
+    # 10 requests beyond the 6 the two instances run: ceil(10 / (3 * 0.7)) = 5.
+    assert (decision.replicas, decision.inputs["stage"]) == (5, "panic")
 
 
 def test_a_short_dip_does_not_scale_in() -> None:
     model = Model(replicas=4)
-    _learn(model, until=100)
-    dip = model.run(range(100, 130, 10), load(ratio=0.3, rate=5, in_flight=5))
-    back = model.run(range(130, 400, 10), load(ratio=0.7, rate=36, in_flight=80))
-    assert set(dip + back) == {4}
+    steady = model.run(range(0, 60), load(in_flight=25))
+    dip = model.run(range(60, 66), load(in_flight=5))
+    back = model.run(range(66, 200), load(in_flight=25))
+    assert set(steady + dip + back) == {4}
 
 
-def test_sustained_low_load_scales_in_a_step_at_a_time_after_the_stable_window() -> None:
+def test_after_a_burst_instances_are_given_back_as_it_leaves_the_stable_window() -> None:
+    model = Model(replicas=6)
+    model.run(range(0, 60), load(in_flight=40))  # ceil(40 / 7) = 6
+    after = model.run(range(60, 140), load(in_flight=5))
+    assert after == sorted(after, reverse=True)  # a step at a time, never back up
+    assert after[:5] == [6] * 5  # the stable window's mean still holds them
+    assert 1 < after[35] < 6  # on the way down halfway through the window
+    assert after[-1] == 1  # ceil(5 / 7)
+    assert model.decisions[-1].reason == "within target"
+    assert any(d.reason == "stable window: scale in" for d in model.decisions)
+
+
+def test_no_scale_in_before_the_stable_window_was_observed() -> None:
     model = Model(replicas=4)
-    _learn(model, until=110)  # last recommendation of 4 at t=100
-    # 9 rps needs ceil(9 / (9 * 0.8)) = 2 instances; TTFT is not below half its target.
-    replicas = model.run(range(110, 200, 10), load(ratio=0.7, rate=9, in_flight=10))
-    assert replicas == [4, 4, 4, 4, 4, 3, 2, 2, 2]
-    assert model.decisions[-4].reason == "stable window: scale in"
+    assert model.run(range(0, 60), load(in_flight=2)) == [4] * 60
+    assert model.step(60, load(in_flight=2)).replicas == 3
+
+
+def test_an_instance_added_for_a_burst_is_held_before_it_is_given_back() -> None:
+    model = Model(replicas=1)
+    model.run(range(0, 70), load(in_flight=2))
+    assert model.step(70, load(in_flight=10, queued=2)).replicas == 2  # ceil(12 / 7)
+    # Recommended 1 from the next pass on, but 2 was within the 15 s hold until t=85.
+    assert model.run(range(71, 87), load(in_flight=2)) == [2] * 14 + [1, 1]
+    assert model.decisions[-3].reason == "held: 2 recommended within 15s"
 
 
 def test_idle_is_a_signal() -> None:
     model = Model(replicas=3, min_instance=0)
     replicas = model.run(range(0, 240, 30), IDLE)
-    assert replicas == [3, 3, 3, 3, 2, 1, 0, 0]  # after the idle window, a step at a time
+    # Once the stable window was observed (60 s), as any light load: toward one instance.
+    # After the idle window (120 s), toward min_instance, a step at a time.
+    assert replicas == [3, 3, 2, 1, 0, 0, 0, 0]
+    assert model.decisions[4].reason == "idle: scale toward min_instance"
+
+
+def test_the_idle_spell_begins_with_the_last_answer_not_when_its_latency_leaves_the_window() -> (
+    None
+):
+    model = Model(replicas=1, min_instance=0)
+    model.step(0, load(in_flight=1, rate=1.0))
+    # Nothing in flight; the window's rate and p95 still show the last requests.
+    lingering = load(in_flight=0, rate=1.0, ratio=0.5)
+    assert model.run(range(1, 121), lingering) == [1] * 120
+    assert model.step(121, lingering).replicas == 0
+
+
+def test_a_request_answered_between_two_passes_ends_the_idle_spell() -> None:
+    model = Model(replicas=1, min_instance=0)
+    model.run(range(0, 100), load(in_flight=0, rate=0.5))
+    # One more request answered over a 30 s window: the rate rose by 1/30.
+    assert model.step(100, load(in_flight=0, rate=0.5 + 1 / 30)).replicas == 1
+    # The spell begins at the next pass.
+    assert model.run(range(101, 221), load(in_flight=0, rate=0.5)) == [1] * 120
+    assert model.step(221, load(in_flight=0, rate=0.5)).replicas == 0
 
 
 def test_idle_stops_at_min_instance() -> None:
@@ -161,13 +228,16 @@ def test_idle_stops_at_min_instance() -> None:
 def test_traffic_ends_the_idle_spell() -> None:
     model = Model(replicas=2, min_instance=0)
     model.run(range(0, 100, 30), IDLE)
-    model.step(100, load(ratio=0.5, rate=10, in_flight=100))  # needs both instances
-    assert model.run(range(130, 230, 30), IDLE) == [2, 2, 2, 2]  # the window starts over
+    model.step(100, load(in_flight=12))  # needs both instances
+    assert model.replicas == 2
+    # The idle window starts over at t=130: nothing toward 0 before t=250.
+    assert 0 not in model.run(range(130, 250, 30), IDLE)
+    assert model.step(250, IDLE).replicas == 0
 
 
 def test_unreadable_metrics_hold() -> None:
     model = Model(replicas=3)
-    _ = model.run(range(0, 50, 10), load(ratio=0.7, rate=36, in_flight=80))
+    _ = model.run(range(0, 50, 10), load(in_flight=20))
     state = model.state
     decision = model.step(60, None)
     assert decision.replicas == 3 and decision.reason == "no metrics: hold"
@@ -176,22 +246,25 @@ def test_unreadable_metrics_hold() -> None:
 
 
 def test_bounds_are_respected() -> None:
-    assert Model(replicas=8).step(0, load(ratio=5.0, rate=100, in_flight=900)).replicas == 10
-    assert Model(replicas=10).run(range(0, 60, 5), load(ratio=3.0, rate=99)) == [10] * 12
+    assert Model(replicas=8).step(0, load(in_flight=80, queued=900)).replicas == 10
+    assert Model(replicas=10).run(range(0, 60, 5), load(in_flight=100, queued=99)) == [10] * 12
     assert Model(replicas=0, min_instance=2).step(0, None).replicas == 2
     model = Model(replicas=2, min_instance=2)
-    assert model.run(range(0, 600, 10), load(ratio=0.2, rate=0.1, in_flight=1)) == [2] * 60
+    assert model.run(range(0, 600, 10), load(in_flight=1, ratio=0.2, rate=0.1)) == [2] * 60
 
 
 def test_the_decision_carries_every_input_flat() -> None:
-    decision = Model(replicas=2).step(0, load(ratio=1.5, rate=12, in_flight=30, queued=0))
+    decision = Model(replicas=2).step(0, load(in_flight=16, queued=0, ratio=1.5, rate=12))
     inputs = decision.inputs
     assert all(v is None or isinstance(v, int | float | str) for v in inputs.values())
     assert inputs["slo_ratio"] == pytest.approx(1.5) and decision.ratio == pytest.approx(1.5)
-    assert inputs["request_rate"] == 12 and inputs["in_flight"] == 30
-    assert inputs["saturation"] == pytest.approx(30 / 200)
-    assert inputs["ready"] == 2 and inputs["replicas"] == 2 and inputs["stage"] == "breach"
-    assert {"capacity_estimate", "window_max", "breach_for_s", "ttft_target_ms"} <= set(inputs)
+    assert inputs["request_rate"] == 12 and inputs["in_flight"] == 16
+    assert inputs["saturation"] == pytest.approx(16 / 20)
+    assert inputs["ready"] == 2 and inputs["replicas"] == 2 and inputs["stage"] == "steady"
+    assert inputs["concurrency"] == 16 and inputs["stable_concurrency"] == 16
+    assert {"capacity_estimate", "panic_concurrency", "breach_for_s", "ttft_target_ms"} <= set(
+        inputs
+    )
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ async def test_breach_raises_desired_replicas(tmp_path: Path) -> None:
     changes: list[int] = []
     manager = TaskExecutorManager(
         store,
-        FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)),
+        FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10, request_rate=1)),
         interval_s=1,
         policy=PolicyConfig(upscale_delay_s=5),
         clock=lambda: now[0],
@@ -72,8 +72,9 @@ async def test_the_manager_keeps_deciding_while_a_model_is_updating(tmp_path: Pa
     store = SqliteModelStore(tmp_path / "aif.db")
     updating = store.create(_record(ModelStatus.UPDATING))
     now = [0.0]
+    slow = LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10, request_rate=1)
     manager = TaskExecutorManager(
-        store, FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)), interval_s=1,
+        store, FixedSource(slow), interval_s=1,
         policy=PolicyConfig(upscale_delay_s=5), clock=lambda: now[0],
     )  # fmt: skip
     await manager.run_once()
