@@ -17,7 +17,7 @@ async def test_a_scale_decision_is_recorded_with_its_reason(tmp_path: Path) -> N
     now = [0.0]
     manager = TaskExecutorManager(
         store,
-        FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10)),
+        FixedSource(LoadSnapshot(ttft_p95_ms=2000, tpot_p95_ms=10, request_rate=1)),
         interval_s=1,
         policy=PolicyConfig(upscale_delay_s=5),
         clock=lambda: now[0],
@@ -34,4 +34,7 @@ async def test_a_scale_decision_is_recorded_with_its_reason(tmp_path: Path) -> N
     assert event.actor == "scaler" and event.action is AuditAction.MODEL_SCALE
     assert event.model_name == "m"
     assert event.changes == {"replicas": {"from": 1, "to": 2}}
-    assert scaled is not None and event.reason == scaled.scaling.reason == "breach: scale up"
+    assert (
+        scaled is not None
+        and event.reason == scaled.scaling.reason == "breach: scale up to the demand"
+    )
