@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
@@ -69,9 +70,22 @@ ModelType = Annotated[
     AfterValidator(_known_type),
     WithJsonSchema({"type": "string", "enum": list(load_presets()), "title": "Type"}),
 ]
-InstanceCount = Annotated[int, Field(ge=1)]
+
+
+def _whole(value: object) -> object:
+    """An integral float as the int it is: JSON Schema's ``integer`` counts 3.0 as one, and a
+    client's encoder may write it so. Anything else is left to the strict check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integers that also take an integral float; the bounds come first, so that the document
+# states them as JSON Schema's minimum and maximum.
+Whole = BeforeValidator(_whole)
+InstanceCount = Annotated[int, Field(ge=1), Whole]
 # min_instance 0: the model scales to zero when idle, and the next request starts an instance.
-MinInstanceCount = Annotated[int, Field(ge=0)]
+MinInstanceCount = Annotated[int, Field(ge=0), Whole]
 
 
 class _Body(BaseModel):
@@ -281,6 +295,8 @@ class ModelList(BaseModel):
 # --- API keys and the audit trail ----------------------------------------------------------
 
 KeyName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
+RequestsPerMinute = Annotated[int, Field(ge=1, le=10_000_000), Whole]
+TokensPerMinute = Annotated[int, Field(ge=1, le=10_000_000_000), Whole]
 
 
 class AdminKeyCreate(_Body):
@@ -288,10 +304,8 @@ class AdminKeyCreate(_Body):
 
     name: KeyName
     scope: Literal["admin"]
-    rpm: int | None = Field(default=None, ge=1, le=10_000_000, description="requests per minute")
-    tpm: int | None = Field(
-        default=None, ge=1, le=10_000_000_000, description="tokens per minute (usage)"
-    )
+    rpm: RequestsPerMinute | None = Field(default=None, description="requests per minute")
+    tpm: TokensPerMinute | None = Field(default=None, description="tokens per minute (usage)")
 
 
 class InferenceKeyCreate(AdminKeyCreate):
@@ -322,10 +336,8 @@ class KeyCreate(_Body):
         min_length=1,
         description="inference keys only: the model names it may see and use (default: all)",
     )
-    rpm: int | None = Field(default=None, ge=1, le=10_000_000, description="requests per minute")
-    tpm: int | None = Field(
-        default=None, ge=1, le=10_000_000_000, description="tokens per minute (usage)"
-    )
+    rpm: RequestsPerMinute | None = Field(default=None, description="requests per minute")
+    tpm: TokensPerMinute | None = Field(default=None, description="tokens per minute (usage)")
 
     @field_validator("models")
     @classmethod

@@ -159,6 +159,20 @@ def test_a_bad_key_body_is_422_naming_the_field_and_stores_nothing(
     assert store.list_keys() == []
 
 
+def test_whole_numbers_written_as_floats_are_the_integers_the_document_promises(
+    admin_client: TestClient,
+) -> None:
+    # JSON Schema's integer includes 100.0; a fraction or a string is still refused.
+    _, key = create_key(admin_client, rpm=60.0, tpm=100.0)
+    assert (key["rpm"], key["tpm"]) == (60, 100)
+    for bad in (100.5, "100"):
+        answer = admin_client.post("/v1/keys", json={"name": "x", "scope": "inference", "tpm": bad})
+        assert_error(answer, 422, "invalid_request_error", "tpm")
+    registered = admin_client.post("/v1/models", json={**register_body(), "max_instance": 2.0})
+    assert registered.status_code == 201, registered.text
+    assert registered.json()["model"]["max_instance"] == 2
+
+
 def test_a_revoked_key_is_refused_at_once(admin_client: TestClient) -> None:
     secret, key = create_key(admin_client)
     assert admin_client.get("/v1/models", headers=bearer(secret)).status_code == 200
