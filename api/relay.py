@@ -1,8 +1,9 @@
 """The inference hot path's plumbing: one upstream HTTP client, and relaying an answer.
 
-:class:`UpstreamClient` owns one aiohttp session (chosen by measurement over httpx: its pool
-does no per-request bookkeeping over idle connections) with keep-alive shorter than the
-engines' own, so a reused connection is never one the engine is closing.
+:class:`UpstreamClient` owns one aiohttp session with keep-alive shorter than the engines' own,
+so a reused connection is never one the engine is closing: the frontend's forwarder and the
+engines' ``/metrics`` use it. The chat-job-executor sends requests with aif's own client
+(:mod:`api.upstream`), whose chunked answers :meth:`Exchange.relay` passes through as received.
 :class:`Exchange` is one client request on the ASGI side: it answers errors in the API's
 words, watches for the client going away (closing the upstream answer, which makes the engine
 abort the work), and relays an upstream answer chunk by chunk as it arrives, with nothing
