@@ -1,8 +1,9 @@
 """The inference hot path's plumbing: one upstream HTTP client, and relaying an answer.
 
-:class:`UpstreamClient` owns one aiohttp session (chosen by measurement over httpx: its pool
-does no per-request bookkeeping over idle connections) with keep-alive shorter than the
-engines' own, so a reused connection is never one the engine is closing.
+:class:`UpstreamClient` owns one aiohttp session with keep-alive shorter than the engines' own,
+so a reused connection is never one the engine is closing: the frontend's forwarder and the
+engines' ``/metrics`` use it. The chat-job-executor sends requests with aif's own client
+(:mod:`api.upstream`), whose chunked answers :meth:`Exchange.relay` passes through as received.
 :class:`Exchange` is one client request on the ASGI side: it answers errors in the API's
 words, watches for the client going away (closing the upstream answer, which makes the engine
 abort the work), and relays an upstream answer chunk by chunk as it arrives, with nothing
@@ -30,6 +31,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from api.errors import AifError
+from api.upstream import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +180,41 @@ class Outcome:
         return (self.prompt_tokens or 0) + self.output_tokens
 
 
-def _abandon(upstream: aiohttp.ClientResponse, why: str) -> None:
+# An upstream answer: from aif's own client (api.upstream), or aiohttp's (the frontend's).
+Upstream = Answer | aiohttp.ClientResponse
+
+
+class _Tap:
+    """A passed-through answer's body as it is parsed: what :meth:`Exchange.relay` counts."""
+
+    __slots__ = ("_body", "_events", "_exchange", "_gaps", "_outcome", "before", "tail")
+
+    def __init__(self, exchange: Exchange, outcome: Outcome, gaps: GapSink | None) -> None:
+        self._exchange, self._outcome, self._gaps = exchange, outcome, gaps
+        self._events = outcome.streamed
+        self._body = False  # body arrived since the last ``arrived``
+        self.before = self.tail = b""
+
+    def piece(self, data: bytes) -> None:
+        if self._events:
+            self._outcome.events += data.count(_DATA_EVENT)
+        self.before, self.tail = self.tail, data
+        self._body = True
+
+    def arrived(self) -> None:
+        if not self._body:  # framing only (the last chunk): no chunk of the answer's own
+            return
+        self._body = False
+        now = time.monotonic()
+        exchange, outcome = self._exchange, self._outcome
+        if not outcome.first_byte_at:
+            outcome.first_byte_at = now
+        elif self._gaps is not None:
+            self._gaps.add(now - exchange.last_activity)
+        exchange.last_activity = now
+
+
+def _abandon(upstream: Upstream, why: str) -> None:
     """Close ``upstream`` mid-answer; its reader wakes with an error of its own.
 
     ``close()`` alone wakes it with aiohttp's one module-wide ``ClientConnectionError``
@@ -206,7 +242,7 @@ class Exchange:
         self._send = send
         self._task = asyncio.current_task()
         self._watch: asyncio.Task[None] | None = None
-        self._upstream: aiohttp.ClientResponse | None = None
+        self._upstream: Upstream | None = None
         self.gone = False
         self.timed_out = False
         self.response_started = False
@@ -265,7 +301,7 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def relay(
-        self, upstream: aiohttp.ClientResponse, *, instance: str, gaps: GapSink | None = None
+        self, upstream: Upstream, *, instance: str, gaps: GapSink | None = None
     ) -> Outcome:
         """Stream ``upstream`` to the client as it arrives; the outcome says how it went.
 
@@ -276,6 +312,8 @@ class Exchange:
         outcome = Outcome(status=upstream.status, streamed=content_type.startswith(EVENT_STREAM))
         self.outcome = outcome
         headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in HOP_HEADERS]
+        if not outcome.streamed:
+            gaps = None
         if 400 <= upstream.status < 500 and not outcome.streamed:
             return await self._relay_error(upstream, outcome, headers)
         send = self._send
@@ -284,11 +322,12 @@ class Exchange:
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         # The last two chunks: usage may come in its own event just before ``[DONE]``.
         before = tail = b""
-        if not outcome.streamed:
-            gaps = None
-        readany = upstream.content.readany
         # The server's direct path for body chunks (api.server.BodyWriter), when it has one.
         writer = self.scope.get("extensions", {}).get(BODY_WRITER, {}).get("writer")
+        # Both sides chunked: the engine's bytes pass as they are.
+        if isinstance(upstream, Answer) and upstream.chunked and writer and writer.chunked:
+            return await self._pass_through(upstream, writer, outcome, instance, gaps)
+        readany = upstream.content.readany
         try:
             # readany rather than iter_any: one coroutine less per chunk.
             while chunk := await readany():
@@ -316,7 +355,51 @@ class Exchange:
         finally:
             upstream.release()
             outcome.finished_at = time.monotonic()
-        tail = before + tail
+        self._usage(outcome, before + tail)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+    async def _pass_through(
+        self,
+        upstream: Answer,
+        writer: Any,
+        outcome: Outcome,
+        instance: str,
+        gaps: GapSink | None,
+    ) -> Outcome:
+        """Relay a chunked answer to a chunked answer: the received bytes are written to the
+        client's connection as they are, from the upstream connection's ``data_received``."""
+        tap = _Tap(self, outcome, gaps)
+        writer.follow(upstream.transport)
+        try:
+            await upstream.pipe(writer, tap)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if self.gone:
+                return outcome
+            outcome.failure = "stalled" if self.timed_out else f"{type(exc).__name__}: {exc}"
+            if upstream.boundary:
+                await self._end_broken(outcome, instance)
+            else:  # cut inside a chunk: the client's framing cannot be mended, only cut
+                self._cut(outcome, instance)
+            return outcome
+        finally:
+            writer.follow(None)
+            upstream.release()
+            outcome.finished_at = time.monotonic()
+        writer.ended_raw()
+        self._usage(outcome, tap.before + tap.tail)
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+    def _cut(self, outcome: Outcome, instance: str) -> None:
+        logger.warning(
+            "answer broke inside a chunk instance=%s path=%s reason=%s",
+            instance, self.scope.get("path"), outcome.failure,
+        )  # fmt: skip
+
+    @staticmethod
+    def _usage(outcome: Outcome, tail: bytes) -> None:
+        """The usage the answer's last bytes report, into ``outcome``."""
         found = _COMPLETION_TOKENS.findall(tail)
         if found:
             outcome.completion_tokens = int(found[-1])
@@ -326,12 +409,10 @@ class Exchange:
         found = _TOTAL_TOKENS.findall(tail)
         if found:
             outcome.total_tokens = int(found[-1])
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return outcome
 
     async def _relay_error(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         outcome: Outcome,
         headers: list[tuple[bytes, bytes]],
     ) -> Outcome:

@@ -23,7 +23,10 @@ nor one this server cut.
 The protocol also offers the relay a shorter path for an answer's body, the ASGI extension
 ``aif.body_writer`` (``{"writer": BodyWriter}``): after ``http.response.start``, each chunk is
 framed and written to the connection as uvicorn's ``send`` would, without an ASGI message and
-a coroutine per chunk. The answer still ends with an ASGI ``http.response.body`` message.
+a coroutine per chunk; or, for a chunked answer, an upstream's chunked bytes are written as
+they are (``write_raw``), and the upstream connection's reading follows this client's flow
+control (``follow``: paused while the client's write buffer is full). The answer still ends
+with an ASGI ``http.response.body`` message.
 """
 
 from __future__ import annotations
@@ -116,10 +119,38 @@ class BodyWriter:
     """Writes the body chunks of one answer straight to its connection, framed as uvicorn's
     ``send`` frames them (chunked, or as they are under a content-length)."""
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "_protocol")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: RequestResponseCycle, protocol: GuardedHttpToolsProtocol) -> None:
         self._cycle = cycle
+        self._protocol = protocol
+
+    @property
+    def chunked(self) -> bool:
+        """The started answer is chunked: bytes framed as chunks may be written as they are
+        (:meth:`write_raw`)."""
+        return bool(self._cycle.chunked_encoding)
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes already framed for the connection (chunks, from an upstream's chunked answer);
+        nothing once the client left. Once they include the last chunk, :meth:`ended_raw`."""
+        if not self._cycle.disconnected:
+            self._cycle.transport.write(data)
+
+    def ended_raw(self) -> None:
+        """The raw bytes written ended the body (its last chunk): the answer's final ASGI
+        message then adds no framing of its own."""
+        self._cycle.chunked_encoding = False
+
+    def follow(self, upstream: asyncio.Transport | None) -> None:
+        """While the client reads slower than the answer comes, pause reading ``upstream``
+        (and resume when it catches up); None stops following."""
+        protocol = self._protocol
+        previous, protocol.follower = protocol.follower, upstream
+        if previous is not None and previous is not upstream:
+            previous.resume_reading()
+        if upstream is not None and protocol.flow.write_paused:
+            upstream.pause_reading()
 
     @property
     def paused(self) -> bool:
@@ -157,6 +188,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Where the connection's current exchange is: a new connection is owed a request.
     _at: Where | Literal["between_requests"] = "before_request"
     _cut_here = False
+    # An upstream connection whose reading follows this client's (BodyWriter.follow).
+    follower: asyncio.Transport | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.follower is not None:
+            self.follower.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.follower is not None:
+            self.follower.resume_reading()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -186,7 +229,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.scope is self.scope:
             # As the ASGI spec has it: the extension's name, to a dict of what it offers.
             extensions = self.scope.setdefault("extensions", {})
-            extensions[BODY_WRITER] = {"writer": BodyWriter(self.cycle)}
+            extensions[BODY_WRITER] = {"writer": BodyWriter(self.cycle, self)}
         self._body_started, self._body_bytes = self.loop.time(), 0
         self._arm(self.limits.body_idle_timeout_s, self._body_late)
 

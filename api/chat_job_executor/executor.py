@@ -39,6 +39,7 @@ from api.chat_job_executor.routing import (
 )
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
+from api.upstream import Answer, UpstreamPool
 from api.wakeup import Wakeup
 from domain.keys import ACTIVATOR, AuditAction, AuditEvent
 from domain.presets import instance_capacity
@@ -80,6 +81,11 @@ class ChatJobExecutor:
         )
         self._admission = AdmissionRule(
             settings.admission_queue_per_instance, settings.admission_wait_s
+        )
+        # Requests go through aif's own client; engines' /metrics through aiohttp's.
+        self._pool = UpstreamPool(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            keepalive_s=settings.upstream_keepalive_s,
         )
         self._client = UpstreamClient(
             connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -123,6 +129,7 @@ class ChatJobExecutor:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._pool.close()
         await self._client.close()
 
     def notify_change(self) -> None:
@@ -309,13 +316,11 @@ class ChatJobExecutor:
         self.metrics.requests.labels(route.name, "502").inc()
         raise UpstreamError(f"no instance of model {route.name!r} could serve the request: {tried}")
 
-    async def _open(
-        self, instance: Instance, path: str, body: bytes
-    ) -> tuple[str, aiohttp.ClientResponse | None]:
+    async def _open(self, instance: Instance, path: str, body: bytes) -> tuple[str, Answer | None]:
         """Send the request; (why it failed, None) when the instance cannot take it."""
         try:
-            upstream = await self._client.post(
-                instance.url + path, body, first_byte_s=self._timeouts.first_byte_s
+            upstream = await self._pool.post(
+                instance.url, path, body, first_byte_s=self._timeouts.first_byte_s
             )
         except TimeoutError:
             failure = f"no answer within {self._timeouts.first_byte_s:g}s"
@@ -395,7 +400,7 @@ def affinity_key(request: dict[str, Any], session: str | None, prefix_chars: int
     return b""
 
 
-async def _snippet(upstream: aiohttp.ClientResponse) -> str:
+async def _snippet(upstream: Answer) -> str:
     try:
         text = (await upstream.content.read(ERROR_SNIPPET_BYTES)).decode(errors="replace")
     except (aiohttp.ClientError, OSError):

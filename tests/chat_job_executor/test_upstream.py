@@ -1,0 +1,253 @@
+"""aif's own upstream client (api.upstream) against engines on loopback that frame their answers
+as the test says: kept-alive connections, the engine's bytes passed through, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.chat_job_executor.conftest import model_record
+from tests.conftest import free_port
+
+CHAT = "/v1/chat/completions"
+STREAM = {"model": "m", "messages": [], "stream": True}
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+# Answers one request on a connection: (the connection's request index from 0, reader, writer);
+# False when the connection is done.
+Script = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+@dataclass
+class RawEngine:
+    """An engine whose answers are the bytes a script writes."""
+
+    script: Script
+    port: int = field(default_factory=free_port)
+    connections: int = 0
+    requests: int = 0
+    _server: asyncio.Server | None = None
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        index = 0
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                if not await self.script(index, reader, writer):
+                    break
+                index += 1
+        writer.close()
+
+
+@pytest.fixture
+async def raw_engine() -> AsyncIterator[Callable[[Script], Awaitable[RawEngine]]]:
+    started: list[RawEngine] = []
+
+    async def start(script: Script) -> RawEngine:
+        engine = RawEngine(script)
+        await engine.start()
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        await engine.stop()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+async def _sse(_: int, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    writer.write(SSE_HEAD + _chunk(b'data: {"token": 0}\n\n'))
+    await writer.drain()
+    writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+async def _raw_exchange(port: int, version: bytes, body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """One request on a socket of its own: the answer's head and its body bytes as sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(
+        b"POST %b %b\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%b"
+        % (CHAT.encode(), version, len(data), data)
+    )
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+async def test_requests_in_turn_share_one_kept_alive_connection(
+    raw_engine: Any, gateway: Any
+) -> None:
+    engine = await raw_engine(_sse)
+    gw = await gateway()
+    gw.store.create(model_record("m", [engine]))
+    async with httpx.AsyncClient() as client:
+        for _ in range(5):
+            response = await client.post(gw.url + CHAT, json=STREAM)
+            assert response.text.endswith("data: [DONE]\n\n")
+    assert engine.requests == 5
+    assert engine.connections == 1
+
+
+async def test_a_pooled_connection_the_engine_closes_is_retried_on_a_fresh_one(
+    raw_engine: Any, gateway: Any
+) -> None:
+    """An engine that closes a kept-alive connection as it is reused (its keep-alive ran out
+    as the request came): the one instance still answers, with no error and no ejection."""
+
+    async def once_per_connection(
+        index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if index > 0:
+            writer.transport.abort()  # closed before any byte of the answer
+            return False
+        return await _sse(index, reader, writer)
+
+    engine = await raw_engine(once_per_connection)
+    gw = await gateway(ejection_failures=1)
+    gw.store.create(model_record("m", [engine]))
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            response = await client.post(gw.url + CHAT, json=STREAM)
+            assert response.status_code == 200
+            assert response.text.endswith("data: [DONE]\n\n")
+        metrics = (await client.get(gw.url + "/metrics")).text
+    # After the first, each request was sent on its pooled connection (closed), then on a new one.
+    assert (engine.requests, engine.connections) == (5, 3)
+    assert f'aif_instance_ejections_total{{instance="i{engine.port}",model="m"}}' not in metrics
+
+
+async def test_the_engines_chunks_reach_a_11_client_byte_for_byte(
+    raw_engine: Any, gateway: Any
+) -> None:
+    """One chunk the engine writes in two parts reaches the client as the engine framed it."""
+    first = _chunk(b'data: {"token": 0}\n\ndata: {"token": 1}\n\n')
+    last = _chunk(b'data: {"usage": {"completion_tokens": 2}}\n\n') + _chunk(b"data: [DONE]\n\n")
+
+    async def split(_: int, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD + first[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(first[20:])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(last + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    engine = await raw_engine(split)
+    gw = await gateway()
+    gw.store.create(model_record("m", [engine]))
+    port = int(gw.url.rsplit(":", 1)[1])
+    head, body = await _raw_exchange(port, b"HTTP/1.1", STREAM)
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == first + last + b"0\r\n\r\n"
+
+
+async def test_a_content_length_stream_is_relayed_and_counted(
+    raw_engine: Any, gateway: Any
+) -> None:
+    events = b'data: {"token": 0}\n\ndata: {"usage": {"completion_tokens": 7}}\n\ndata: [DONE]\n\n'
+
+    async def sized(_: int, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+            % len(events)
+        )
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(events)
+        await writer.drain()
+        return True
+
+    engine = await raw_engine(sized)
+    gw = await gateway()
+    gw.store.create(model_record("m", [engine]))
+    async with httpx.AsyncClient() as client:
+        for _ in range(2):
+            response = await client.post(gw.url + CHAT, json=STREAM)
+            assert response.status_code == 200
+            assert response.content == events
+        metrics = (await client.get(gw.url + "/metrics")).text
+    assert engine.connections == 1
+    assert 'aif_time_to_first_token_seconds_count{model="m"} 2.0' in metrics
+
+
+async def test_a_slow_client_pauses_the_engine_and_gets_every_byte(
+    raw_engine: Any, gateway: Any
+) -> None:
+    """While the client reads nothing, the gateway stops reading the engine (whose writes
+    then block) instead of holding the answer in memory; once it reads, everything comes."""
+    piece = b"data: " + b"x" * 65_000 + b"\n\n"
+    total = 400  # 26 MB: far more than the sockets' buffers hold
+    sent: list[int] = [0]
+
+    async def flood(_: int, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD)
+        for _ in range(total):
+            writer.write(_chunk(piece))
+            await writer.drain()
+            sent[0] += 1
+        writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    engine = await raw_engine(flood)
+    gw = await gateway(upstream_idle_timeout_s=30)
+    gw.store.create(model_record("m", [engine]))
+    port = int(gw.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**16)
+    data = json.dumps(STREAM).encode()
+    writer.write(
+        b"POST %b HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (CHAT.encode(), len(data), data)
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.pause_reading()  # the client stops reading
+    await asyncio.sleep(1.0)
+    held_back = sent[0]
+    writer.transport.resume_reading()
+    received = await asyncio.wait_for(reader.read(), timeout=30)
+    writer.close()
+    assert held_back < total // 2
+    assert received.count(b"data: x") == total
+    assert received.endswith(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
