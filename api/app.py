@@ -277,20 +277,24 @@ def _metrics_source(
     """Where the manager reads latency: Prometheus, the gateway in this process (with its
     chat workers' ``peers``), or others'."""
     window_s = settings.scale_window_s
+    # One collection a pass, shared by the models it decides.
+    refresh_s = settings.scale_interval_s / 2
     if settings.prometheus_url:
         return PrometheusSource(settings.prometheus_url, window_s)
     if registry is not None and peers:
         client = httpx.AsyncClient(trust_env=False)
         return GatewaySource.from_registry(registry, window_s=window_s, peers=peers, client=client)
     if registry is not None:
-        return GatewaySource.from_registry(registry, window_s=window_s)
+        return GatewaySource.from_registry(registry, window_s=window_s, refresh_s=refresh_s)
     urls = settings.gateway_metrics_urls or [u for u in [settings.chat_executor_url] if u]
     if not urls:
         logger.warning(
             "no gateway to read latency from: set AIF_PROMETHEUS_URL or AIF_GATEWAY_METRICS_URLS; "
             "the task-executor-manager holds every model's replicas until then"
         )
-    return GatewaySource.from_urls(urls, httpx.AsyncClient(trust_env=False), window_s=window_s)
+    return GatewaySource.from_urls(
+        urls, httpx.AsyncClient(trust_env=False), window_s=window_s, refresh_s=refresh_s
+    )
 
 
 def _task_executor_manager(

@@ -9,7 +9,8 @@ The figures are PromQL's, computed here over ``window_s``:
 
 - p95 TTFT and TPOT: ``histogram_quantile(0.95, sum by (le) (rate(<histogram>_bucket[W])))``,
   from the increase of each series' cumulative bucket counts over the window;
-- the request rate: ``sum(rate(aif_requests_total[W]))``;
+- the request rate: ``sum(rate(aif_requests_total[W]))``, and the count answered in all (its
+  latest value);
 - in flight, queued, and the engines' queue: the latest gauge values, summed; KV cache usage,
   their mean.
 
@@ -262,12 +263,18 @@ class GatewaySource:
             for seconds, increase in self._increases(REQUESTS_COUNTER, model)
             if seconds > 0
         )
+        counters = [
+            s.samples[-1][1][COUNTER_KEY]
+            for k, s in self._series.items()
+            if _matches(k, REQUESTS_COUNTER, model)
+        ]
         waiting = self._gauge(ENGINE_WAITING_GAUGE, model)
         kv = self._gauge(ENGINE_KV_USAGE_GAUGE, model)
         return LoadSnapshot(
             ttft_p95_ms=self._quantile_ms(TTFT_HISTOGRAM, model),
             tpot_p95_ms=self._quantile_ms(TPOT_HISTOGRAM, model),
             request_rate=rate,
+            answered_total=sum(counters) if counters else None,
             in_flight=sum(self._gauge(IN_FLIGHT_GAUGE, model)),
             queued=sum(self._gauge(QUEUED_GAUGE, model)),
             engine_waiting=sum(waiting) if waiting else None,

@@ -57,6 +57,9 @@ class LoadSnapshot:
     engine_waiting: float | None = None
     # The engines' KV cache usage (0..1), mean, where they export it.
     kv_usage: float | None = None
+    # Requests answered in all, now (the counter itself): a change between two reads is an
+    # answer between them, which the windowed rate need not show. None: not known.
+    answered_total: float | None = None
 
 
 class MetricsSource(Protocol):

@@ -10,7 +10,8 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
 1. **Signals** (:func:`measure`). Concurrency now, and its mean over the *panic window* (a few
    seconds) and over the *stable window* (``downscale_delay_s``), from the samples the state
    keeps. The SLO ratio: the worse of p95 TTFT / target and p95 TPOT / target (None without
-   latency data). Idle: nothing answered since the last pass, in flight or queued.
+   latency data). Idle: nothing in flight or queued, the spell counted from the last pass
+   before the last answer (the gateway's count answered, or its rate, changed since it).
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
    within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
    ``upscale_delay_s`` with no queue at the gateway, nor instances added for a breach, over the
@@ -116,9 +117,12 @@ class ScalingState:
     unsettled_at: float | None = None
     # (time, recommended replicas) over the scale-in hold.
     recommendations: tuple[tuple[float, int], ...] = ()
-    # When the current idle spell began, and the request rate at the last pass.
+    # When the current idle spell began; when the last pass was, and the request rate and
+    # count answered it read.
     idle_since: float | None = None
+    last_pass: float | None = None
     last_rate: float = 0.0
+    last_answered: float | None = None
     # When the current unbroken run of readable snapshots began.
     observed_since: float | None = None
     # (time, concurrency) over the stable window.
@@ -173,17 +177,30 @@ def observe(
     now = ctx.now
     concurrency = snap.in_flight + snap.queued
     kept = tuple((t, c) for t, c in state.concurrency if t > now - config.downscale_delay_s)
-    # Nothing in flight or queued, and nothing answered since the last pass (one more request
-    # over the window raises the rate by 1/window): the windowed rate and latency of the last
-    # requests linger for a window, but the spell begins with the last answer.
-    answered = snap.request_rate > state.last_rate + 0.5 / config.latency_window_s
-    idle = concurrency <= 0 and not answered
+    # The windowed rate and latency of the last requests linger for a window, but the idle
+    # spell begins with the last answer. Nothing in flight or queued now, but something was at
+    # the last pass, or answered since it (the count answered changed; without the count, the
+    # rate rose by half a request over the window): the last answer came between the two
+    # passes, and the spell is counted from the last pass, so the model is back at
+    # min_instance within the idle window and one interval of that answer.
+    if snap.answered_total is not None and state.last_answered is not None:
+        answered = snap.answered_total != state.last_answered
+    else:
+        answered = snap.request_rate > state.last_rate + 0.5 / config.latency_window_s
+    if concurrency > 0:
+        idle_since = None
+    elif answered or state.idle_since is None:
+        idle_since = _keep(state.last_pass, now)
+    else:
+        idle_since = state.idle_since
     return replace(
         state,
         concurrency=(*kept, (now, concurrency)),
+        last_pass=now,
         last_rate=snap.request_rate,
+        last_answered=snap.answered_total,
         unsettled_at=now if snap.queued > 0 else state.unsettled_at,
-        idle_since=_keep(state.idle_since, now) if idle else None,
+        idle_since=idle_since,
         observed_since=_keep(state.observed_since, now),
     )
 

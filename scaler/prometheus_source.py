@@ -9,7 +9,8 @@ Per model ``M`` and window ``W`` (``window_s``), :class:`PrometheusSource` asks:
 
 - ``histogram_quantile(0.95, sum by (le) (rate(aif_time_to_first_token_seconds_bucket
   {model="M"}[W])))``, and the same for ``aif_request_time_per_output_token_seconds``;
-- ``sum(rate(aif_requests_total{model="M"}[W]))``;
+- ``sum(rate(aif_requests_total{model="M"}[W]))``, and ``sum(aif_requests_total{model="M"})``
+  (whether a request was answered since the last pass);
 - ``sum(aif_requests_in_flight{model="M"})``, ``sum(aif_requests_queued{model="M"})``;
 - ``sum(vllm:num_requests_waiting{model_name="M"})``,
   ``avg(vllm:kv_cache_usage_perc{model_name="M"})``; either name also spelt with ``_`` for
@@ -80,6 +81,7 @@ def queries(model: str, window_s: float) -> dict[str, str]:
         "ttft_p95_ms": p95(TTFT_HISTOGRAM),
         "tpot_p95_ms": p95(TPOT_HISTOGRAM),
         "request_rate": f"sum(rate({REQUESTS_COUNTER}{gateway}{window}))",
+        "answered_total": f"sum({REQUESTS_COUNTER}{gateway})",
         "in_flight": f"sum({IN_FLIGHT_GAUGE}{gateway})",
         "queued": f"sum({QUEUED_GAUGE}{gateway})",
         "engine_waiting": f"sum({engine(ENGINE_WAITING_GAUGE)})",
@@ -132,6 +134,7 @@ class PrometheusSource:
             ttft_p95_ms=seconds_to_ms(values["ttft_p95_ms"]),
             tpot_p95_ms=seconds_to_ms(values["tpot_p95_ms"]),
             request_rate=values["request_rate"] or 0.0,
+            answered_total=values["answered_total"],
             in_flight=values["in_flight"] or 0.0,
             queued=values["queued"] or 0.0,
             engine_waiting=values["engine_waiting"],

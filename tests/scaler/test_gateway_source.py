@@ -56,6 +56,7 @@ async def test_percentiles_rate_and_gauges_over_the_window() -> None:
     assert snapshot.ttft_p95_ms == pytest.approx(TTFT_P95_MS)
     assert snapshot.tpot_p95_ms == pytest.approx(TPOT_P95_MS)
     assert snapshot.request_rate == pytest.approx(100 / 20)
+    assert snapshot.answered_total == 100  # this model's, in all
     assert (snapshot.in_flight, snapshot.queued) == (7, 2)
     assert (snapshot.engine_waiting, snapshot.kv_usage) == (None, None)
 
@@ -68,7 +69,8 @@ async def test_old_observations_leave_the_window() -> None:
     for _ in range(4):
         clock.now += 30
         await source.fetch(_record())
-    assert await source.fetch(_record()) == LoadSnapshot()  # idle: nothing new for 60 s
+    # Idle: nothing new for 60 s; the count answered in all stays.
+    assert await source.fetch(_record()) == LoadSnapshot(answered_total=100)
 
 
 async def test_collections_are_shared_within_refresh_s() -> None:
@@ -107,6 +109,7 @@ async def test_a_counter_reset_is_a_restart() -> None:
     # Over the window: 20 + 10 requests (not 10 - 100), of which 10 + 8 under 0.1 s.
     assert snapshot is not None
     assert snapshot.request_rate == pytest.approx(30 / 20)
+    assert snapshot.answered_total == 120 + 10  # never lower than before the restart
     expected = histogram_quantile(0.95, {0.1: 18, 1.0: 30, float("inf"): 30})
     assert expected is not None and snapshot.ttft_p95_ms == pytest.approx(1000 * expected)
 

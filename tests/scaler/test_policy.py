@@ -204,10 +204,13 @@ def test_the_idle_spell_begins_with_the_last_answer_not_when_its_latency_leaves_
 ):
     model = Model(replicas=1, min_instance=0)
     model.step(0, load(in_flight=1, rate=1.0))
-    # Nothing in flight; the window's rate and p95 still show the last requests.
+    # Nothing in flight from t=1; the window's rate and p95 still show the last requests. The
+    # last answer came after t=0: the spell is counted from there, so the model is at
+    # min_instance within the idle window (120 s) and one interval of the answer.
     lingering = load(in_flight=0, rate=1.0, ratio=0.5)
-    assert model.run(range(1, 121), lingering) == [1] * 120
-    assert model.step(121, lingering).replicas == 0
+    assert model.run(range(1, 120), lingering) == [1] * 119
+    assert model.decisions[-1].inputs["idle_for_s"] == 119
+    assert model.step(120, lingering).replicas == 0
 
 
 def test_a_request_answered_between_two_passes_ends_the_idle_spell() -> None:
@@ -215,9 +218,22 @@ def test_a_request_answered_between_two_passes_ends_the_idle_spell() -> None:
     model.run(range(0, 100), load(in_flight=0, rate=0.5))
     # One more request answered over a 30 s window: the rate rose by 1/30.
     assert model.step(100, load(in_flight=0, rate=0.5 + 1 / 30)).replicas == 1
-    # The spell begins at the next pass.
-    assert model.run(range(101, 221), load(in_flight=0, rate=0.5)) == [1] * 120
-    assert model.step(221, load(in_flight=0, rate=0.5)).replicas == 0
+    # The spell begins again at the last pass before the answer.
+    assert model.run(range(101, 219), load(in_flight=0, rate=0.5)) == [1] * 118
+    assert model.step(219, load(in_flight=0, rate=0.5)).replicas == 0
+
+
+def test_an_answer_the_falling_rate_hides_still_starts_the_idle_spell_over() -> None:
+    model = Model(replicas=1, min_instance=0)
+    model.step(0, load(in_flight=3, rate=1.0, answered_total=50))
+    # Nothing in flight from t=1: the spell begins; the rate falls as requests leave the window.
+    model.run(range(1, 60), load(in_flight=0, rate=0.5, answered_total=53))
+    # A short request came and went between two passes: the count says so, though the rate
+    # went on falling.
+    assert model.step(60, load(in_flight=0, rate=0.4, answered_total=54)).replicas == 1
+    assert model.decisions[-1].inputs["idle_for_s"] == 1  # from the last pass before it
+    assert model.run(range(61, 179), load(in_flight=0, rate=0.3, answered_total=54)) == [1] * 118
+    assert model.step(179, load(in_flight=0, rate=0.2, answered_total=54)).replicas == 0
 
 
 def test_idle_stops_at_min_instance() -> None:
@@ -230,9 +246,10 @@ def test_traffic_ends_the_idle_spell() -> None:
     model.run(range(0, 100, 30), IDLE)
     model.step(100, load(in_flight=12))  # needs both instances
     assert model.replicas == 2
-    # The idle window starts over at t=130: nothing toward 0 before t=250.
-    assert 0 not in model.run(range(130, 250, 30), IDLE)
-    assert model.step(250, IDLE).replicas == 0
+    # The idle window starts over from t=100, the last pass that saw the traffic: nothing
+    # toward 0 before t=220.
+    assert 0 not in model.run(range(130, 220, 30), IDLE)
+    assert model.step(220, IDLE).replicas == 0
 
 
 def test_unreadable_metrics_hold() -> None:

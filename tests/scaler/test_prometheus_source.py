@@ -168,6 +168,7 @@ async def test_percentiles_rate_and_gauges_from_prometheus(world: World) -> None
     assert snapshot.tpot_p95_ms == pytest.approx(29.75)
     # 100 requests, seen in the last few seconds of the window; rate() extrapolates a little.
     assert 100 / WINDOW_S <= snapshot.request_rate < 2 * 100 / WINDOW_S
+    assert snapshot.answered_total == 100
     assert (snapshot.in_flight, snapshot.queued) == (7, 2)
     # The engines' gauges, found by the model's name that discovery gave their targets.
     assert snapshot.engine_waiting == 4
@@ -181,7 +182,7 @@ async def test_no_traffic_is_idle(world: World) -> None:
         absent = await source.fetch(_record("absent"))  # no series at all
     finally:
         await source.close()
-    assert idle == LoadSnapshot() and absent == LoadSnapshot()
+    assert idle == LoadSnapshot(answered_total=0) and absent == LoadSnapshot()
 
 
 async def test_label_values_are_escaped(world: World) -> None:
