@@ -31,16 +31,12 @@ VLLM_BAD_REQUEST = {"object": "error", "message": "max_tokens must be at least 1
                     "type": "BadRequestError", "param": "max_tokens", "code": 400}  # fmt: skip
 
 
-@dataclass
-class ScriptedEngine:
-    mode: str = "ok"
-    tokens: int = 4
-    token_delay_s: float = 0.002
+@dataclass(kw_only=True)
+class LoopbackEngine:
+    """A TCP server on a free loopback port; a subclass answers each connection in
+    ``_connection`` (after ``_track``), and ``stop`` aborts the connections still open."""
+
     port: int = field(default_factory=free_port)
-    requests: int = 0
-    prompts: list[Any] = field(default_factory=list)
-    # Streams whose client went away before the engine finished them.
-    aborted: int = 0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -58,8 +54,25 @@ class ScriptedEngine:
                 writer.transport.abort()
             await self._server.wait_closed()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _track(self, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class ScriptedEngine(LoopbackEngine):
+    mode: str = "ok"
+    tokens: int = 4
+    token_delay_s: float = 0.002
+    requests: int = 0
+    prompts: list[Any] = field(default_factory=list)
+    # Streams whose client went away before the engine finished them.
+    aborted: int = 0
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(writer)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

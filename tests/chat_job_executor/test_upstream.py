@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.chat_job_executor.conftest import model_record
-from tests.conftest import free_port
+from tests.chat_job_executor.conftest import LoopbackEngine, model_record
 
 CHAT = "/v1/chat/completions"
 STREAM = {"model": "m", "messages": [], "stream": True}
@@ -28,33 +27,16 @@ Script = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[b
 
 
 @dataclass
-class RawEngine:
+class RawEngine(LoopbackEngine):
     """An engine whose answers are the bytes a script writes."""
 
     script: Script
-    port: int = field(default_factory=free_port)
     connections: int = 0
     requests: int = 0
-    _server: asyncio.Server | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for writer in self._writers:
-                writer.transport.abort()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.append(writer)
+        self._track(writer)
         index = 0
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
