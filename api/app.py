@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
@@ -225,10 +226,19 @@ def build_roles(
 ) -> list[RunningRole]:
     """The roles asked for, in start order, wired to each other; routes' objects on ``state``."""
     changes = _Listeners()
+    # A model at capacity at this gateway: the manager in this process decides for it soon.
+    nudges: list[Callable[[str], None]] = []
+
+    def pressure(name: str) -> None:
+        for nudge in nudges:
+            nudge(name)
+
     built: list[RunningRole] = []
     chat: ChatJobExecutor | None = None
     if _runs_chat_job_executor(settings, roles):
-        chat = ChatJobExecutor(store, settings, registry=state.registry, on_write=changes.notify)
+        chat = ChatJobExecutor(
+            store, settings, registry=state.registry, on_write=changes.notify, on_pressure=pressure
+        )
         changes.add(chat.notify_change)
         state.inference = chat
         built.append(chat)
@@ -244,7 +254,9 @@ def build_roles(
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
         source = _metrics_source(settings, state.registry if chat else None, peers or [])
-        built.append(_task_executor_manager(settings, store, source, changes.notify, state))
+        manager = _task_executor_manager(settings, store, source, changes.notify, state)
+        nudges.append(manager.nudge)
+        built.append(manager)
     return built
 
 
@@ -277,13 +289,16 @@ def _metrics_source(
     """Where the manager reads latency: Prometheus, the gateway in this process (with its
     chat workers' ``peers``), or others'."""
     window_s = settings.scale_window_s
-    # One collection a pass, shared by the models it decides.
-    refresh_s = settings.scale_interval_s / 2
+    # One collection a pass, shared by the models it decides; a pass the gateway asks for
+    # (pressure) reads a fresh one.
+    refresh_s = min(settings.scale_interval_s, settings.scale_pressure_pass_s or math.inf) / 2
     if settings.prometheus_url:
         return PrometheusSource(settings.prometheus_url, window_s)
     if registry is not None and peers:
         client = httpx.AsyncClient(trust_env=False)
-        return GatewaySource.from_registry(registry, window_s=window_s, peers=peers, client=client)
+        return GatewaySource.from_registry(
+            registry, window_s=window_s, refresh_s=refresh_s, peers=peers, client=client
+        )
     if registry is not None:
         return GatewaySource.from_registry(registry, window_s=window_s, refresh_s=refresh_s)
     urls = settings.gateway_metrics_urls or [u for u in [settings.chat_executor_url] if u]
@@ -308,6 +323,7 @@ def _task_executor_manager(
         store,
         source,
         interval_s=settings.scale_interval_s,
+        pressure_pass_s=settings.scale_pressure_pass_s,
         policy=PolicyConfig(
             target_utilisation=settings.scale_target_utilisation,
             panic_window_s=settings.scale_panic_window_s,
@@ -315,6 +331,7 @@ def _task_executor_manager(
             upscale_delay_s=settings.scale_upscale_delay_s,
             latency_window_s=settings.scale_window_s,
             idle_window_s=settings.scale_idle_s,
+            burst_capacity=settings.scale_burst_capacity,
         ),
         on_change=on_change,
         capacity_of=lambda record: instance_capacity(

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from api.leases import lease_available, needs_renewal, new_owner_id
-from api.wakeup import Wakeup
 from domain.deployment import Deployer, DeployerError, DeploymentSpec, DeploymentState, Phase
 from domain.records import ModelRecord, ModelStatus
 from domain.store import ModelStore, remove, rewrite
+from domain.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,13 @@
 """Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick]``.
 
 Replays one seeded bursty trace (Poisson arrivals; phases low → high → low → spike → low, 440 s:
-44 windows of 10 s, as the issue's own evaluation) against ``aif serve`` three times in one
+44 windows of 10 s, as the issue's own evaluation) against ``aif serve`` four times in one
 run, with a fresh server and data dir each time (``--config`` runs some of them only):
 
-* ``aif policy``: the model at ``min_instance`` 1, ``max_instance`` 6, scaled by aif;
+* ``aif policy`` (``policy``): the model at ``min_instance`` 1, ``max_instance`` 6, scaled by
+  aif with its defaults;
+* ``aif policy, burst capacity 3`` (``burst``): the same with ``AIF_SCALE_BURST_CAPACITY=3``,
+  spare room for three requests beyond the mean concurrency;
 * ``static max``: min = max = 6;
 * ``static min``: min = max = 1.
 
@@ -20,17 +23,18 @@ TTFT (first content chunk) is at most 1000 ms and p95 TPOT, per request
 ``(e2e - TTFT) / (tokens - 1)``, at most 50 ms, with no failed request; failed requests
 (non-200, broken stream, timeout); and ready instance-seconds (``ready_instances`` of
 ``GET /v1/models/{id}``, polled every second, integrated from the trace's start to its last
-answer). For the policy also: the time from the trace's last answer back to ``min_instance``,
+answer). For a scaled one also: the time from the trace's last answer back to ``min_instance``,
 then a scale-from-zero phase (``min_instance`` 0: idle down to zero, then one request) giving
 the idle scale-in time and the first token's time against the new engine's ready time.
 
 The scaler runs with aif's own defaults (interval, windows, target utilisation), but for a
-20 s idle window, so that the scale-to-zero phase is short.
+20 s idle window, so that the scale-to-zero phase is short; ``AIF_SCALE_*`` settings in the
+environment reach aif (e.g. ``AIF_SCALE_BURST_CAPACITY=3``) and are printed.
 
-aif runs on core 0; the engines (re-pinned as they appear), the load generator and the poller
-on core 1. Every run is bounded in time; every child process is killed at exit, on Ctrl-C or
-on an error. The scaling decisions (``scaling decision`` lines of aif's log) are listed per
-configuration.
+aif runs on core 0; the engines, once they serve, the load generator and the poller on core 1
+(an engine starting may use either core). Every run is bounded in time; every child process is
+killed at exit, on Ctrl-C or on an error. The scaling decisions (``scaling decision`` lines of
+aif's log) are listed per configuration.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ TTFT_TARGET_MS = 1000
 TPOT_TARGET_MS = 50
 WINDOW_S = 10.0
 REQUEST_TIMEOUT_S = 240.0
+PIN_POLL_S = 0.05
 
 # The scaler runs with aif's defaults (what a user gets), but for the idle window: an idle
 # model steps toward min_instance after 20 s rather than 5 minutes, so the run stays short.
@@ -100,8 +105,29 @@ FULL_TRACE = (
     Phase("low", 1.0, 104),
 )
 QUICK_SCALE = 0.1  # --quick: every phase a tenth as long
-CONFIGS = {"policy": ("aif policy", (1, 6)), "max": ("static max", (6, 6)),
-           "min": ("static min", (1, 1))}  # fmt: skip
+# Requests of spare room for the burst configuration: the spike's onset is 10/s on two
+# instances, each ~1 s to start; three requests is most of what one instance holds at once.
+BURST_CAPACITY = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    bounds: tuple[int, int]  # min_instance, max_instance
+    env: tuple[tuple[str, str], ...] = ()  # aif's settings beyond the benchmark's own
+
+    @property
+    def scaled(self) -> bool:
+        return self.bounds[0] != self.bounds[1]
+
+
+CONFIGS = {
+    "policy": Config("aif policy", (1, 6)),
+    "burst": Config(f"aif policy, burst capacity {BURST_CAPACITY}", (1, 6),
+                    (("AIF_SCALE_BURST_CAPACITY", str(BURST_CAPACITY)),)),
+    "max": Config("static max", (6, 6)),
+    "min": Config("static min", (1, 1)),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,7 +196,7 @@ def _pin(pid: int, core: int) -> None:
 class Aif:
     """One ``aif serve`` with its own data dir; stopped with every engine it started."""
 
-    def __init__(self, work: Path, label: str) -> None:
+    def __init__(self, work: Path, label: str, settings: tuple[tuple[str, str], ...] = ()) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"aif-{label}.log"
@@ -182,6 +208,7 @@ class Aif:
             "AIF_ADMISSION_QUEUE_PER_INSTANCE": "1000",
             "AIF_ADMISSION_WAIT_S": str(REQUEST_TIMEOUT_S),
             "AIF_SCALE_IDLE_S": str(IDLE_WINDOW_S),
+            **dict(settings),
         }
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
@@ -300,7 +327,7 @@ class Samples:
         return total
 
 
-async def _poll(url: str, model_id: str, origin: float, aif: Aif, samples: Samples) -> None:
+async def _poll(url: str, model_id: str, origin: float, samples: Samples) -> None:
     async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
         while True:
             with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
@@ -309,9 +336,31 @@ async def _poll(url: str, model_id: str, origin: float, aif: Aif, samples: Sampl
                     (time.perf_counter() - origin, model["instances"],
                      model["ready_instances"], model["status"])
                 )  # fmt: skip
-            for engine in aif.engines():
-                _pin(engine.pid, LOAD_CORE)
             await asyncio.sleep(1.0)
+
+
+async def _repin(aif: Aif) -> None:
+    """Engines are started by aif, and inherit its core. A new one may start on either core
+    (on a cluster a new instance's start-up does not take from the instances serving), and
+    is moved to the load core once it answers its health check (within ``PIN_POLL_S``)."""
+    seen: set[int] = set()
+    serving: set[int] = set()
+    async with httpx.AsyncClient(timeout=0.5, trust_env=False) as client:
+        while True:
+            for engine in aif.engines():
+                if engine.pid in serving:
+                    continue
+                if engine.pid not in seen:
+                    seen.add(engine.pid)
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(engine.pid, {GATEWAY_CORE, LOAD_CORE})
+                with contextlib.suppress(psutil.Error, ValueError, httpx.HTTPError):
+                    argv = engine.cmdline()
+                    port = argv[argv.index("--port") + 1]
+                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                        _pin(engine.pid, LOAD_CORE)
+                        serving.add(engine.pid)
+            await asyncio.sleep(PIN_POLL_S)
 
 
 def _get(url: str, model_id: str) -> dict[str, Any]:
@@ -361,6 +410,7 @@ class Run:
     idle_to_min_s: float | None = None
     replicas_at_end: int | None = None
     decisions: list[str] = field(default_factory=list)
+    zero: Zero | None = None  # the scale-to-zero phase that followed, when scaled
 
 
 async def replay(label: str, aif: Aif, model_id: str, trace: list[Arrival], trace_s: float) -> Run:
@@ -369,7 +419,8 @@ async def replay(label: str, aif: Aif, model_id: str, trace: list[Arrival], trac
     samples = Samples()
     results = [Result(a.at_s) for a in trace]
     origin = time.perf_counter()
-    poller = asyncio.create_task(_poll(aif.url, model_id, origin, aif, samples))
+    poller = asyncio.create_task(_poll(aif.url, model_id, origin, samples))
+    repinner = asyncio.create_task(_repin(aif))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
@@ -381,9 +432,10 @@ async def replay(label: str, aif: Aif, model_id: str, trace: list[Arrival], trac
         await asyncio.gather(*tasks)
     last_answer_s = time.perf_counter() - origin
     await asyncio.sleep(1.5)  # one more sample past the end
-    poller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await poller
+    for task in (poller, repinner):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     return Run(label, results, samples, trace_s, last_answer_s)
 
 
@@ -487,17 +539,18 @@ def table(runs: list[Run]) -> str:
 
 
 def run_config(
-    label: str, bounds: tuple[int, int], trace: list[Arrival], trace_s: float, work: Path
+    config: Config, trace: list[Arrival], trace_s: float, work: Path
 ) -> tuple[Run, Aif | None, str]:
-    """One replay on a fresh aif; for the policy, aif is left running for the zero phase."""
-    aif = Aif(work, label.replace(" ", "-"))
+    """One replay on a fresh aif; when scaled, aif is left running for the zero phase."""
+    label, bounds = config.label, config.bounds
+    aif = Aif(work, re.sub(r"\W+", "-", label), config.env)
     keep = False
     try:
         model_id = register(aif.url, *bounds)
         print(f"  {label}: replaying {len(trace)} requests over {trace_s:.0f}s ...", flush=True)
         origin_wall = time.time()
         run = asyncio.run(replay(label, aif, model_id, trace, trace_s))
-        if label == "aif policy":
+        if config.scaled:
             end = _get(aif.url, model_id)
             run.replicas_at_end = end["instances"]
             # Back to min_instance from the last answer (the poller's last sample is 1.5 s on).
@@ -592,12 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument(
         "--config", action="append", choices=sorted(CONFIGS),
-        help="only these configurations (repeatable; default: all three). Static max and min "
+        help="only these configurations (repeatable; default: all four). Static max and min "
         "do not depend on the policy; without static max the share column is left empty",
     )  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir and logs")
     args = parser.parse_args(argv)
-    phases = FULL_TRACE
+    phases: tuple[Phase, ...] = FULL_TRACE
     if args.quick:
         phases = tuple(Phase(p.name, p.rate, p.duration_s * QUICK_SCALE) for p in phases)
     trace_s = sum(p.duration_s for p in phases)
@@ -621,20 +674,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{SCALE_WINDOW_S:g}s, target utilisation {TARGET_UTILISATION:g}, panic window "
           f"{PANIC_WINDOW_S:g}s, stable window {DOWNSCALE_DELAY_S:g}s; idle window "
           f"{IDLE_WINDOW_S:g}s; cores: {os.cpu_count()}", flush=True)  # fmt: skip
+    overrides = {k: v for k, v in os.environ.items() if k.startswith("AIF_SCALE_")}
+    if overrides:
+        print(f"scaler settings from the environment: {overrides}", flush=True)
     runs: list[Run] = []
-    zero: Zero | None = None
     try:
         for key in args.config or list(CONFIGS):
-            label, bounds = CONFIGS[key]
-            run, aif, model_id = run_config(label, bounds, trace, trace_s, work)
+            run, aif, model_id = run_config(CONFIGS[key], trace, trace_s, work)
             runs.append(run)
             if aif is not None:
                 live.append(aif)
-                print("  aif policy: scale-from-zero phase ...", flush=True)
-                zero = zero_phase(aif, model_id)
+                print(f"  {run.label}: scale-from-zero phase ...", flush=True)
+                run.zero = zero_phase(aif, model_id)
                 aif.stop()
                 live.remove(aif)
-        report(runs, zero)
+        report(runs)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -646,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(runs: list[Run], zero: Zero | None) -> None:
+def report(runs: list[Run]) -> None:
     print("\n" + table(runs) + "\n")
     for run in runs:
         f = figures(run)
@@ -663,17 +717,20 @@ def report(runs: list[Run], zero: Zero | None) -> None:
         if run.idle_to_min_s is not None:
             print(f"  at the trace's end: {run.replicas_at_end} instances; back to min_instance "
                   f"{run.idle_to_min_s:.1f}s after the last answer")  # fmt: skip
+        if (zero := run.zero) is not None:
+            bound = IDLE_WINDOW_S + SCALE_INTERVAL_S
+            print(
+                f"  scale to zero: IDLE with 0 ready {zero.idle_to_zero_s:.1f}s after the last "
+                f"answer (idle window {IDLE_WINDOW_S:g}s + one interval = {bound:g}s)"
+            )
+            print(f"  scale from zero: engine process seen {_fmt(zero.engine_started_s, 2)}s, "
+                  f"ready {_fmt(zero.engine_ready_s, 2)}s, first token "
+                  f"{_fmt(zero.first_token_s, 2)}s after the request was sent; answered whole: "
+                  f"{zero.ok}")  # fmt: skip
         if run.decisions:
             print(f"  scaling decisions ({len(run.decisions)}):")
             for line in run.decisions:
                 print(f"    {line}")
-    if zero is not None:
-        bound = IDLE_WINDOW_S + SCALE_INTERVAL_S
-        print(f"\nscale to zero: IDLE with 0 ready {zero.idle_to_zero_s:.1f}s after the last "
-              f"answer (idle window {IDLE_WINDOW_S:g}s + one interval = {bound:g}s)")  # fmt: skip
-        print(f"scale from zero: engine process seen {_fmt(zero.engine_started_s, 2)}s, "
-              f"ready {_fmt(zero.engine_ready_s, 2)}s, first token {_fmt(zero.first_token_s, 2)}s "
-              f"after the request was sent; answered whole: {zero.ok}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -149,8 +149,13 @@ class Settings(ClusterConfig, BaseSettings):
     # The window over which p95s and request rates are computed (PromQL's [window]).
     scale_window_s: float = Field(default=30.0, gt=0)
     # task-executor-manager: how often load is read and replicas decided. A burst is acted on
-    # at the next pass, so this bounds how late a scale-up can be.
+    # at the next pass (or sooner: scale_pressure_pass_s), so this bounds how late a scale-up
+    # can be.
     scale_interval_s: float = Field(default=1.0, gt=0)
+    # When the gateway in the same process has a request waiting for a slot (the model at
+    # capacity), a pass for that model comes this soon after the last one instead of at the
+    # next interval (0: only the interval).
+    scale_pressure_pass_s: float = Field(default=0.2, ge=0)
     # Replicas follow concurrency (in flight + queued at the gateway) at this fraction of what
     # an instance holds at once (max-num-seqs): the headroom left for a burst's first seconds.
     scale_target_utilisation: float = Field(default=0.7, gt=0, le=1)
@@ -166,6 +171,10 @@ class Settings(ClusterConfig, BaseSettings):
     scale_downscale_delay_s: float = Field(default=30.0, gt=0)
     # With no traffic at all for this long, a model steps toward min_instance (0: to zero).
     scale_idle_s: float = Field(default=300.0, ge=0)
+    # Requests of spare room kept beyond the mean concurrency (Knative's target burst
+    # capacity), so that a burst this big does not wait for an instance to start; it costs
+    # instances while traffic is low. 0: only the target utilisation's headroom.
+    scale_burst_capacity: float = Field(default=0.0, ge=0)
 
     # Kubernetes runtime (see infra/); what models get on the cluster is ClusterConfig's.
     pulumi_backend_url: str = ""

@@ -9,8 +9,9 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
 
 1. **Signals** (:func:`measure`). Concurrency now, and its mean over the *panic window* (a few
    seconds) and over the *stable window* (``downscale_delay_s``), from the samples the state
-   keeps. The SLO ratio: the worse of p95 TTFT / target and p95 TPOT / target (None without
-   latency data). Idle: nothing in flight or queued, the spell counted from the last pass
+   keeps, weighted by time (passes come closer together while the gateway reports pressure).
+   The SLO ratio: the worse of p95 TTFT / target and p95 TPOT / target (None without latency
+   data). Idle: nothing in flight or queued, the spell counted from the last pass
    before the last answer (the gateway's count answered, or its rate, changed since it).
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
    within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
@@ -27,8 +28,9 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    - *breach*: the SLO missed for ``upscale_delay_s`` though the concurrency fits: the
      estimate was lowered; sized by it, and at least one more instance.
    - *steady*: ``ceil(mean concurrency / (estimate * target_utilisation))`` over the stable
-     window and the panic window, whichever is higher, at least one: up at once; down as the
-     burst leaves the stable window.
+     window and the panic window, whichever is higher, at least one, and with
+     ``burst_capacity`` at least ``ceil((stable mean + burst_capacity) / estimate)``: up at
+     once; down as the burst leaves the stable window.
    - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
      last answer, not from when its latency leaves the window): toward ``min_instance``,
      which may be 0. Until then an idle model is *steady*, and gives back instances as any.
@@ -46,6 +48,7 @@ structured log line.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -84,6 +87,10 @@ class PolicyConfig:
     estimate_alpha: float = 0.2
     # No traffic for this long: toward min_instance (possibly 0).
     idle_window_s: float = 300.0
+    # Requests of spare room kept beyond the stable window's mean concurrency, at what the
+    # instances hold at once (Knative's target burst capacity): a burst this big is served
+    # at once instead of waiting for an instance to start. 0: none beyond the utilisation.
+    burst_capacity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,17 @@ def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) 
 
 
 def _mean(samples: tuple[tuple[float, float], ...], since: float) -> float:
+    """Concurrency's mean over the time from ``since`` to the newest sample, each sample
+    holding until the next (as a gauge does): passes come closer together under pressure
+    (the gateway asks for one when a model is at capacity), and their samples must not
+    outweigh the quiet ones. A lone sample is its own mean."""
+    total = weight = 0.0
+    for (t, c), (t_next, _) in itertools.pairwise(samples):
+        if t_next > since:
+            held = t_next - max(t, since)
+            total, weight = total + c * held, weight + held
+    if weight > 0:
+        return total / weight
     inside = [c for t, c in samples if t > since]
     return sum(inside) / len(inside) if inside else 0.0
 
@@ -265,6 +283,10 @@ def recommend(
     if burst > holds:
         return "panic", max(math.ceil(burst / target), 1)
     steady = max(math.ceil(max(sig.stable_mean, sig.panic_mean) / target), 1)
+    if config.burst_capacity > 0:
+        whole = float(ctx.capacity_per_instance) if estimate is None else estimate
+        spare = math.ceil((sig.stable_mean + config.burst_capacity) / max(whole, 1e-9))
+        steady = max(steady, spare)
     if breach_lasted:
         return "breach", max(steady, ctx.ready + 1)
     return "steady", steady

@@ -1,7 +1,9 @@
 """The task-executor-manager's loop: fetch percentiles, decide, write desired replicas.
 
-For every model it scales (serving, scaling, scaled to zero or starting), on each interval: read a
-:class:`~scaler.metrics.LoadSnapshot` from the source, step the pure policy
+For every model it scales (serving, scaling, scaled to zero or starting), on each interval (and
+for a model the gateway reports at capacity, through :meth:`TaskExecutorManager.nudge`, as soon
+as ``pressure_pass_s`` after the last pass, so that a burst is met within a fraction of the
+interval): read a :class:`~scaler.metrics.LoadSnapshot` from the source, step the pure policy
 (:func:`scaler.policy.decide`), and when the decision differs from the desired replicas write it to
 the store with the decision itself (the record's ``scaling``), bumping the generation so the
 model-job-executor deploys it, and to the audit trail as done by ``scaler``. The loop survives every
@@ -23,6 +25,7 @@ from domain.keys import SCALER, AuditAction, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, audit, rewrite
+from domain.wakeup import Wakeup
 from scaler.metrics import MetricsSource
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
@@ -51,6 +54,12 @@ class ScalerMetrics:
             ["model", "direction"],
             registry=registry,
         )
+        self.pressure_passes = Counter(
+            "aif_scaler_pressure_passes",
+            "Passes over the model the gateway asked for (requests waiting for a slot).",
+            ["model"],
+            registry=registry,
+        )
 
     def record(self, model: str, replicas: int, decision: Decision) -> None:
         self.recommended.labels(model).set(decision.replicas)
@@ -71,7 +80,9 @@ SCALED_STATUSES = frozenset(
 class TaskExecutorManager:
     """The role: one scaling pass per ``interval_s`` over every model it scales.
 
-    ``start`` begins the loop; ``stop`` ends it and closes the metrics source.
+    ``start`` begins the loop; ``stop`` ends it and closes the metrics source. ``nudge`` (from
+    the gateway in the same process, any thread) asks for a pass over one model soon: no sooner
+    than ``pressure_pass_s`` after the previous pass (0: nudges are ignored).
     """
 
     def __init__(
@@ -85,10 +96,14 @@ class TaskExecutorManager:
         on_change: Callable[[], None] = lambda: None,
         capacity_of: Callable[[ModelRecord], int] = lambda record: instance_capacity(record.type),
         registry: CollectorRegistry | None = None,
+        pressure_pass_s: float = 0.0,
     ) -> None:
         self._store = store
         self._source = source
         self._interval_s = interval_s
+        self._pressure_pass_s = pressure_pass_s
+        self._pressed: set[str] = set()
+        self._nudged = Wakeup()
         self._policy = policy or PolicyConfig()
         self._clock = clock
         self._on_change = on_change
@@ -98,7 +113,15 @@ class TaskExecutorManager:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self._nudged.bind()
         self._task = asyncio.create_task(self._loop(), name="task-executor-manager")
+
+    def nudge(self, model_name: str) -> None:
+        """The gateway has a request for ``model_name`` waiting for a slot (every one is
+        taken): decide for it soon rather than at the next interval."""
+        if self._pressure_pass_s > 0 and model_name not in self._pressed:
+            self._pressed.add(model_name)
+            self._nudged.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -108,19 +131,35 @@ class TaskExecutorManager:
         await self._source.close()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_pass = loop.time()
         while True:
-            try:
-                await self.run_once()
-            except Exception:
-                logger.exception("scaling pass failed; the next pass retries")
-            await asyncio.sleep(self._interval_s)
+            began = loop.time()
+            whole = began >= next_pass
+            pressed, self._pressed = self._pressed, set()
+            if whole or pressed:
+                try:
+                    await self.run_once(None if whole else pressed)
+                except Exception:
+                    logger.exception("scaling pass failed; the next pass retries")
+            if whole:
+                next_pass = began + self._interval_s
+            await self._nudged.wait(max(0.0, next_pass - loop.time()))
+            # A nudge waits out the gap after the pass before it (a burst asks many times).
+            soonest = min(began + self._pressure_pass_s, next_pass)
+            await asyncio.sleep(max(0.0, soonest - loop.time()))
 
-    async def run_once(self) -> None:
+    async def run_once(self, names: set[str] | None = None) -> None:
+        """One pass over every model it scales, or over those of ``names`` only."""
         records = await asyncio.to_thread(self._store.list)
         scaled = [r for r in records if r.status in SCALED_STATUSES]
-        self._states = {k: v for k, v in self._states.items() if k in {r.id for r in scaled}}
+        if names is None:
+            self._states = {k: v for k, v in self._states.items() if k in {r.id for r in scaled}}
         for record in scaled:
-            await self._scale(record)
+            if names is None or record.name in names:
+                if names is not None and self._metrics is not None:
+                    self._metrics.pressure_passes.labels(record.name).inc()
+                await self._scale(record)
 
     async def _scale(self, record: ModelRecord) -> None:
         snapshot = await self._source.fetch(record)

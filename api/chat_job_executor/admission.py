@@ -39,9 +39,13 @@ class Gate:
         """Requests waiting: for a slot, or for the model's first instance."""
         return len(self._waiters) + self.held
 
+    def full(self, capacity: int) -> bool:
+        """A request arriving now would wait: every slot is taken, or others wait already."""
+        return self.in_flight >= capacity or bool(self._waiters)
+
     async def acquire(self, capacity: int, queue_limit: int, wait_s: float) -> None:
         """Take a slot, waiting for one when all ``capacity`` are taken; else Overloaded."""
-        if self.in_flight < capacity and not self._waiters:
+        if not self.full(capacity):
             self.in_flight += 1
             return
         if len(self._waiters) >= queue_limit:

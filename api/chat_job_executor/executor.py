@@ -40,12 +40,12 @@ from api.chat_job_executor.routing import (
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.upstream import Answer, UpstreamPool
-from api.wakeup import Wakeup
 from domain.keys import ACTIVATOR, AuditAction, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
 from domain.store import ModelStore, audit, rewrite
+from domain.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class ChatJobExecutor:
 
     ``start`` loads the table and keeps refreshing it (each ``routing_refresh_s``, and soon
     after :meth:`notify_change`), and watches answers for stalls; ``stop`` ends both and
-    closes the upstream connections.
+    closes the upstream connections. A request that must wait for a slot calls
+    ``on_pressure`` with its model's name (the task-executor-manager's nudge, in one process).
     """
 
     def __init__(
@@ -68,8 +69,10 @@ class ChatJobExecutor:
         *,
         registry: CollectorRegistry | None = None,
         on_write: Callable[[], None] = lambda: None,
+        on_pressure: Callable[[str], None] = lambda name: None,
     ) -> None:
         self._store = store
+        self._on_pressure = on_pressure
         self._settings = settings
         self._refresh_interval_s = settings.routing_refresh_s
         self._timeouts = Timeouts(
@@ -259,6 +262,8 @@ class ChatJobExecutor:
         """Answer ``exchange`` with ``body`` served by an instance of ``request["model"]``."""
         route = await self._serving_route(request)
         gate, capacity = route.gate, route.capacity
+        if gate.full(capacity):
+            self._on_pressure(route.name)  # the scaler looks at this model now
         try:
             await gate.acquire(
                 capacity, self._admission.queue_per_instance * len(route.instances),

@@ -207,13 +207,14 @@ def store(tmp_path: Path) -> Iterator[SqliteModelStore]:
 async def gateway(tmp_path: Path, store: SqliteModelStore) -> AsyncIterator[Callable[..., Any]]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(**overrides: Any) -> Gateway:
+    async def start(roles: frozenset[Role] = frozenset({Role.CHAT_JOB_EXECUTOR}),
+                    **overrides: Any) -> Gateway:  # fmt: skip
         settings = Settings(
             data_dir=tmp_path / "data",
             routing_refresh_s=0.05,
             **{"upstream_first_byte_timeout_s": 2.0, "upstream_idle_timeout_s": 1.0, **overrides},
         )
-        app = create_app(settings, frozenset({Role.CHAT_JOB_EXECUTOR}), store=store)
+        app = create_app(settings, roles, store=store)
         port = free_port()
         # The server aif runs: its protocol, limits and direct body path.
         server = uvicorn.Server(

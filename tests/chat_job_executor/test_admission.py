@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
 import pytest
 
+from api.app import Role
 from api.chat_job_executor.admission import Gate
 from api.errors import Overloaded
+from api.store.sqlite import SqliteModelStore
 from tests.chat_job_executor.conftest import model_record
 
 
@@ -85,3 +88,36 @@ async def test_each_chat_worker_admits_its_share_of_an_instance(engines: Any, ga
         )
     assert sorted(a.status_code for a in answers) == [200, 200, 429, 429]
     assert engine.requests == 2
+
+
+async def test_requests_waiting_for_a_slot_have_the_scaler_decide_at_once(
+    engines: Any, gateway: Any, store: SqliteModelStore
+) -> None:
+    # The gateway and the task-executor-manager in one process (as in `aif serve`), with a
+    # pass interval far longer than the test: only the gateway's report can scale it up.
+    [engine] = await engines(1, tokens=40, token_delay_s=0.05)
+    stored = store.create(model_record("m", [engine], ready_instances=1, max_instance=4))
+    gw = await gateway(
+        frozenset({Role.CHAT_JOB_EXECUTOR, Role.TASK_EXECUTOR_MANAGER}),
+        max_in_flight_per_instance=1, admission_queue_per_instance=10, admission_wait_s=10,
+        scale_interval_s=600, scale_pressure_pass_s=0.05,
+    )  # fmt: skip
+    body = {"model": "m", "messages": [], "stream": True}
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = asyncio.create_task(client.post(gw.url + "/v1/chat/completions", json=body))
+        await asyncio.sleep(0.3)  # one in flight: the model is at capacity, nothing waits
+        assert gw.store.get(stored.id).replicas == 1
+        waiting = [
+            asyncio.create_task(client.post(gw.url + "/v1/chat/completions", json=body))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(1.0)  # the streams take 2 s each: both still wait
+        scaled = gw.store.get(stored.id)
+        answers = await asyncio.gather(first, *waiting)
+        metrics = (await client.get(gw.url + "/metrics")).text
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert scaled.replicas == 4  # 1 in flight + 2 waiting over 0.7 of a slot each, in bounds
+    assert scaled.scaling.reason == "panic: scale up to the demand"
+    assert scaled.scaling.inputs["queued"] == 2
+    passes = re.search(r'^aif_scaler_pressure_passes_total\{model="m"\} (\S+)$', metrics, re.M)
+    assert passes is not None and float(passes[1]) >= 1

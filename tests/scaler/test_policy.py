@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -42,6 +43,7 @@ class Model:
         self.state = ScalingState()
         self.starting = 0
         self.decisions: list[Decision] = []
+        self.config = CONFIG
 
     def step(self, now: float, snapshot: LoadSnapshot | None) -> Decision:
         ctx = ScalingContext(
@@ -50,7 +52,7 @@ class Model:
             ttft_target_ms=TTFT_TARGET_MS, tpot_target_ms=TPOT_TARGET_MS,
             capacity_per_instance=CAPACITY, snapshot=snapshot,
         )  # fmt: skip
-        decision, self.state = decide(ctx, self.state, CONFIG)
+        decision, self.state = decide(ctx, self.state, self.config)
         self.replicas = decision.replicas
         self.decisions.append(decision)
         return decision
@@ -93,6 +95,17 @@ def test_concurrency_nearing_what_instances_hold_scales_up_before_anything_queue
 def test_a_request_held_for_a_start_scales_from_zero() -> None:
     model = Model(replicas=0, min_instance=0)
     assert model.step(0, LoadSnapshot(queued=1)).replicas == 1
+
+
+def test_burst_capacity_keeps_spare_room_beyond_the_mean_but_not_when_idle() -> None:
+    spare = replace(CONFIG, burst_capacity=8)
+    plain, roomy = Model(replicas=1, min_instance=0), Model(replicas=1, min_instance=0)
+    roomy.config = spare
+    # 5 in flight fit one instance at the target (7), but not 8 more on top of them (10 each).
+    assert plain.run(range(0, 90), load(in_flight=5))[-1] == 1
+    assert roomy.run(range(0, 90), load(in_flight=5))[-1] == 2  # ceil((5 + 8) / 10)
+    assert roomy.decisions[0].reason == "steady: scale up to the demand"
+    assert roomy.run(range(90, 400, 30), IDLE)[-1] == 0  # idle goes to min_instance still
 
 
 def test_steady_load_within_target_holds() -> None:
@@ -173,6 +186,21 @@ def test_after_a_burst_instances_are_given_back_as_it_leaves_the_stable_window()
     assert after[-1] == 1  # ceil(5 / 7)
     assert model.decisions[-1].reason == "within target"
     assert any(d.reason == "stable window: scale in" for d in model.decisions)
+
+
+def test_passes_closer_together_in_a_burst_do_not_hold_instances_longer() -> None:
+    """The gateway asks for a pass while a model is at capacity: a burst seen every 0.1 s
+    weighs in the stable window what it weighs seen every second."""
+    every_second, pressed = Model(replicas=1), Model(replicas=1)
+    for model, step in ((every_second, 1.0), (pressed, 0.1)):
+        model.run(range(0, 60), load(in_flight=2))
+        for k in range(round(3 / step)):
+            model.step(60 + k * step, load(in_flight=30, queued=10))
+        assert model.replicas == 5  # a bounded step (4) over the one ready
+    after = [every_second.run(range(63, 130), load(in_flight=2))]
+    after.append(pressed.run(range(63, 130), load(in_flight=2)))
+    assert after[0] == after[1]
+    assert after[0][-1] == 1 and 1 in after[0][40:]  # given back within the stable window
 
 
 def test_no_scale_in_before_the_stable_window_was_observed() -> None:

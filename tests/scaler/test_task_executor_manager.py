@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from api.store.sqlite import SqliteModelStore
@@ -13,10 +15,19 @@ class FixedSource:
     def __init__(self, snapshot: LoadSnapshot | None) -> None:
         self.snapshot = snapshot
         self.fetched: list[str] = []
+        self._fetch = asyncio.Event()
 
     async def fetch(self, record: ModelRecord) -> LoadSnapshot | None:
         self.fetched.append(record.name)
+        self._fetch.set()
         return self.snapshot
+
+    async def fetches(self, count: int, timeout_s: float = 5.0) -> None:
+        """Until ``count`` fetches were made in all."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.fetched) < count:
+                self._fetch.clear()
+                await self._fetch.wait()
 
     async def close(self) -> None:
         pass
@@ -93,4 +104,49 @@ async def test_unreadable_metrics_change_nothing(tmp_path: Path) -> None:
     await manager.run_once()
     assert source.fetched == ["m", "m"]
     assert store.get(active.id).revision == active.revision  # type: ignore[union-attr]
+    store.close()
+
+
+async def test_a_model_at_capacity_is_decided_for_soon_not_at_the_next_interval(
+    tmp_path: Path,
+) -> None:
+    store = SqliteModelStore(tmp_path / "aif.db")
+    pressed = store.create(_record(ModelStatus.ACTIVE, name="pressed"))
+    store.create(_record(ModelStatus.ACTIVE, name="calm"))
+    source = FixedSource(LoadSnapshot(request_rate=1, in_flight=1))
+    manager = TaskExecutorManager(store, source, interval_s=60, pressure_pass_s=0.05)
+    await manager.start()
+    try:
+        await source.fetches(2)  # the first pass: every model
+        source.snapshot = LoadSnapshot(request_rate=5, in_flight=128, queued=200)  # a burst
+        began = time.monotonic()
+        for _ in range(10):  # every waiting request reports it
+            manager.nudge("pressed")
+        await source.fetches(3)
+        assert time.monotonic() - began < 30  # long before the 60 s interval
+        assert source.fetched[2] == "pressed"
+        await asyncio.sleep(0.3)
+        assert len(source.fetched) == 3  # ten nudges, one pass
+        scaled = store.get(pressed.id)
+        assert scaled is not None and scaled.replicas > 1
+        manager.nudge("pressed")
+        await source.fetches(4)
+    finally:
+        await manager.stop()
+    store.close()
+
+
+async def test_without_pressure_passes_nudges_change_nothing(tmp_path: Path) -> None:
+    store = SqliteModelStore(tmp_path / "aif.db")
+    store.create(_record(ModelStatus.ACTIVE))
+    source = FixedSource(LoadSnapshot(request_rate=1, in_flight=1))
+    manager = TaskExecutorManager(store, source, interval_s=60, pressure_pass_s=0)
+    await manager.start()
+    try:
+        await source.fetches(1)
+        manager.nudge("m")
+        await asyncio.sleep(0.3)
+        assert source.fetched == ["m"]
+    finally:
+        await manager.stop()
     store.close()
