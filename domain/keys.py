@@ -107,6 +107,20 @@ class AuditEvent(BaseModel):
     # Why, when there is more to say (a scaling decision's reason).
     reason: str = ""
 
+    @classmethod
+    def scale(
+        cls, actor: str, model_id: str, model_name: str, before: int, after: int, reason: str
+    ) -> AuditEvent:
+        """A model's desired instances changed from ``before`` to ``after``."""
+        return cls(
+            actor=actor,
+            action=AuditAction.MODEL_SCALE,
+            model_id=model_id,
+            model_name=model_name,
+            changes={"replicas": {"from": before, "to": after}},
+            reason=reason,
+        )
+
 
 def field_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The fields whose values differ, with both values."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from domain.keys import SCALER, AuditAction, AuditEvent
+from domain.keys import SCALER, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, audit, rewrite
@@ -215,19 +215,6 @@ class TaskExecutorManager:
         if result is not None and result[1]:
             self._on_change()
             stored = result[0]
-            audit(
-                self._store,
-                AuditEvent(
-                    actor=SCALER,
-                    action=AuditAction.MODEL_SCALE,
-                    model_id=stored.id,
-                    model_name=stored.name,
-                    changes={
-                        "replicas": {
-                            "from": stored.scaling.from_replicas,
-                            "to": stored.scaling.to_replicas,
-                        }
-                    },
-                    reason=decision.reason,
-                ),
-            )
+            change = stored.scaling.from_replicas, stored.scaling.to_replicas
+            event = AuditEvent.scale(SCALER, stored.id, stored.name, *change, decision.reason)
+            audit(self._store, event)

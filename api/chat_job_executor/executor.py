@@ -40,7 +40,7 @@ from api.chat_job_executor.routing import (
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.upstream import Answer, UpstreamPool
-from domain.keys import ACTIVATOR, AuditAction, AuditEvent
+from domain.keys import ACTIVATOR, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
@@ -244,17 +244,9 @@ class ChatJobExecutor:
             stored = result[0]
             logger.info("waking model from zero model=%s replicas=%d", model_id, stored.replicas)
             self._on_write()
-            audit(
-                self._store,
-                AuditEvent(
-                    actor=ACTIVATOR,
-                    action=AuditAction.MODEL_SCALE,
-                    model_id=stored.id,
-                    model_name=stored.name,
-                    changes={"replicas": {"from": 0, "to": stored.replicas}},
-                    reason="a request for a model scaled to zero",
-                ),
-            )
+            reason = "a request for a model scaled to zero"
+            event = AuditEvent.scale(ACTIVATOR, stored.id, stored.name, 0, stored.replicas, reason)
+            audit(self._store, event)
 
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
