@@ -26,7 +26,7 @@ DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
 AUDITED_FIELDS = frozenset(
     {
         "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
-        "description", "routing_policy", "replicas", "status",
+        "description", "routing_policy", "labels", "replicas", "status",
     }
 )  # fmt: skip
 
