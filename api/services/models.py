@@ -142,9 +142,10 @@ class ModelService:
         def merge(record: ModelRecord) -> ModelRecord:
             if record.deleting:
                 raise ModelConflict(f"model {record.name!r} is being deleted", param="id")
-            check_version(record, if_match)
             seen.append(record.model_copy(deep=True))
-            return self._merge(record, changes)
+            merged = self._merge(record, changes)  # a bad body is a 422 whatever the version
+            check_version(record, if_match)
+            return merged
 
         stored, written = self._rewrite(ref, merge)
         if written:

@@ -110,3 +110,10 @@ def test_the_document_describes_if_match_412_and_the_label_filter(client: TestCl
         assert any(p["name"] == "If-Match" for p in operation["parameters"])
     assert "ETag" in paths["/v1/models/{model_id}"]["get"]["responses"]["200"]["headers"]
     assert any(p["name"] == "label" for p in paths["/v1/models"]["get"]["parameters"])
+
+
+def test_a_bad_body_is_a_422_even_with_a_stale_if_match(client: TestClient) -> None:
+    _register(client, "a", {})
+    response = client.put("/v1/models/a", json={"max_instance": 10_000}, headers={"If-Match": "9"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "max_instance"
