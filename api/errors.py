@@ -117,6 +117,13 @@ class ModelConflict(AifError):
     error_type = "conflict_error"
 
 
+class PreconditionFailed(AifError):
+    """``If-Match`` named a version the model no longer has."""
+
+    status_code = 412
+    error_type = "precondition_failed_error"
+
+
 class ModelNotReady(AifError):
     status_code = 503
     error_type = "service_unavailable_error"

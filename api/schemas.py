@@ -41,6 +41,16 @@ VERSION_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$"
 # A PVC name is a DNS-1123 subdomain.
 PVC_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
+# Kubernetes label keys and values: an optional DNS-subdomain prefix (at most 253 characters)
+# and "/", then a name of at most 63 characters; a value is empty or such a name.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_PREFIX_MAX_CHARS = 253
+# Room for every label a file set and its team would set, not for data.
+MAX_LABELS = 64
+
 ResourceTypeName = Literal["huawei.com/ascend-1980", "nvidia.com/gpu"]
 
 
@@ -65,6 +75,27 @@ def _relative_path(value: str) -> str:
 RELATIVE_PATH_PATTERN = r"^(?!/)(?!(.*/)?\.\.(/|$))[^\\\x00]*$"
 
 ModelName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
+
+
+def _label_prefix_length(value: str) -> str:
+    prefix, _, _ = value.rpartition("/")
+    if len(prefix) > LABEL_PREFIX_MAX_CHARS:
+        raise ValueError(
+            f"the prefix before '/' must be at most {LABEL_PREFIX_MAX_CHARS} characters"
+        )
+    return value
+
+
+LabelKey = Annotated[
+    str,
+    Field(min_length=1, max_length=LABEL_PREFIX_MAX_CHARS + 1 + 63, pattern=LABEL_KEY_PATTERN),
+    AfterValidator(_label_prefix_length),
+]
+LabelValue = Annotated[str, Field(max_length=63, pattern=VERSION_PATTERN)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=MAX_LABELS, description="Kubernetes-style labels (aif apply uses them)"),
+]
 ModelType = Annotated[
     str,
     AfterValidator(_known_type),
@@ -145,6 +176,7 @@ class ModelCreate(_Body):
     routing_policy: RoutingPolicyName | None = Field(
         default=None, description="how the gateway picks an instance; default: the installation's"
     )
+    labels: Labels = Field(default_factory=dict)
 
     @field_validator("min_instance")
     @classmethod
@@ -187,6 +219,7 @@ class ModelUpdate(_Body):
     slo: SloSpec | None = None
     description: str | None = Field(default=None, max_length=2048)
     routing_policy: RoutingPolicyName | None = None
+    labels: Labels | None = Field(default=None, description="replaces the model's labels")
 
     @model_validator(mode="before")
     @classmethod
@@ -245,6 +278,11 @@ class ModelPublic(BaseModel):
     slo: SloPublic
     description: str
     routing_policy: str = Field(description="empty: the installation's default policy")
+    labels: dict[str, str]
+    resource_version: str = Field(
+        description="changes on every write of the spec (not of the status); the ETag, and "
+        "what If-Match on PUT and DELETE compares"
+    )
     status: ModelStatus
     status_code: str
     status_msg: str
@@ -260,8 +298,8 @@ class ModelPublic(BaseModel):
 
     @classmethod
     def of(cls, record: ModelRecord) -> ModelPublic:
-        data = record.model_dump(include=set(cls.model_fields) - {"instances"})
-        return cls(**data, instances=record.replicas)
+        data = record.model_dump(include=set(cls.model_fields) - {"instances", "resource_version"})
+        return cls(**data, instances=record.replicas, resource_version=str(record.resource_version))
 
 
 class ModelEnvelope(BaseModel):

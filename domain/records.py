@@ -10,6 +10,8 @@ Public views of a record are the API's (:mod:`api.schemas`).
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import secrets
 from datetime import UTC, datetime
 
@@ -95,6 +97,8 @@ class ModelRecord(BaseModel):
     description: str = ""
     # Beyond the product: how the gateway picks an instance ("" means the installation's).
     routing_policy: str = ""
+    # Beyond the product: key/value pairs a user sets (``aif apply`` records its file set here).
+    labels: dict[str, str] = Field(default_factory=dict)
     status: ModelStatus = ModelStatus.DEPLOYING
     status_code: str = ""
     status_msg: str = ""
@@ -121,6 +125,11 @@ class ModelRecord(BaseModel):
 
     # Optimistic concurrency: bumped by the store on every successful write.
     revision: int = 0
+    # The version of the spec (SPEC_FIELDS): the store bumps it on a write that changes the
+    # spec, never on a status-only one (see stamp_spec_version), so If-Match holds while the
+    # scaler and the executor write the model.
+    resource_version: int = 0
+    spec_digest: str = ""
 
     def within_bounds(self, replicas: int) -> int:
         """``replicas`` moved into this model's ``[min_instance, max_instance]``."""
@@ -132,3 +141,34 @@ class ModelRecord(BaseModel):
 
     def touch(self) -> None:
         self.updated_at = utc_now()
+
+
+# What users write: the fields of a register body. A write that changes none of them (the
+# scaler's replicas, the executor's status) keeps the resource_version.
+SPEC_FIELDS = frozenset(
+    {
+        "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
+        "description", "routing_policy", "labels",
+    }
+)  # fmt: skip
+
+
+def spec_digest(record: ModelRecord) -> str:
+    """A digest of the record's spec: equal specs, equal digests."""
+    spec = record.model_dump(mode="json", include=set(SPEC_FIELDS))
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def stamp_spec_version(record: ModelRecord) -> ModelRecord:
+    """``record`` as a store writes it: ``resource_version`` + 1 when its spec differs from the
+    spec it was read with (``spec_digest``, as stored), unchanged otherwise.
+
+    Every store calls it on create and on replace; under the compare-and-set on ``revision``
+    the digest a writer read is the stored one, so no spec change is ever missed.
+    """
+    digest = spec_digest(record)
+    if digest == record.spec_digest and record.resource_version > 0:
+        return record
+    return record.model_copy(
+        update={"resource_version": record.resource_version + 1, "spec_digest": digest}
+    )

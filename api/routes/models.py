@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import TypeAdapter, ValidationError
 
 from api.deps import AdminDep, AuditTrailDep, ModelServiceDep, PrincipalDep, in_store
-from api.errors import ModelNotFound
+from api.errors import ErrorResponse, InvalidRequest, ModelNotFound, describe_validation_errors
 from api.schemas import (
+    LABEL_KEY_PATTERN,
+    VERSION_PATTERN,
     AuditEventPublic,
     AuditList,
+    Labels,
     ModelCreate,
     ModelEnvelope,
     ModelList,
     ModelPublic,
     ModelUpdate,
 )
+from domain.records import ModelRecord
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -41,45 +46,117 @@ async def register_model(
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
-@router.get("", response_model=ModelList)
-async def list_models(
-    service: ModelServiceDep, principal: PrincipalDep, request: Request
-) -> ModelList:
-    """Every registered model the key may use, in the product's shape and OpenAI's at once."""
-    records = await in_store(request, service.list)
-    return ModelList.of([r for r in records if principal.may_use(r.name)])
+# key=value, each as a label's (documented for clients; parse_selector checks it).
+SELECTOR_PATTERN = LABEL_KEY_PATTERN.removesuffix("$") + "=" + VERSION_PATTERN.removeprefix("^")
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+
+LabelSelector = Annotated[
+    list[str] | None,
+    Query(
+        alias="label",
+        description="key=value: only models with this label (repeat it: with every one)",
+        json_schema_extra={"items": {"type": "string", "pattern": SELECTOR_PATTERN}},
+    ),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="a resource_version (or ETag): refuse with 412 if the model is no longer at it",
+    ),
+]
+PRECONDITION_FAILED: dict[int | str, dict[str, Any]] = {
+    412: {
+        "description": "If-Match names a resource_version the model no longer has",
+        "model": ErrorResponse,
+    }
+}
+ETAG_HEADER = {
+    "ETag": {"description": "the model's resource_version", "schema": {"type": "string"}}
+}
 
 
-@router.get("/{model_id}", response_model=ModelEnvelope)
-async def get_model(
-    model_id: str, service: ModelServiceDep, principal: PrincipalDep, request: Request
-) -> ModelEnvelope:
-    """One model, by id or by name."""
-    record = await in_store(request, service.get, model_id)
-    if not principal.may_use(record.name):
-        raise ModelNotFound(f"model {model_id!r} not found", param="id")
+def parse_selector(selector: list[str] | None) -> dict[str, str]:
+    """``["team=search", ...]`` as a label map; a malformed one is a 422 naming it."""
+    pairs: dict[str, str] = {}
+    for item in selector or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidRequest(f"label: {item!r} is not key=value", param="label")
+        pairs[key] = value
+    try:
+        return _LABELS.validate_python(pairs)
+    except ValidationError as exc:
+        message, _ = describe_validation_errors(list(exc.errors()))
+        raise InvalidRequest(f"label: {message}", param="label") from exc
+
+
+def _tagged(response: Response, record: ModelRecord) -> ModelEnvelope:
+    response.headers["ETag"] = f'"{record.resource_version}"'
     return ModelEnvelope(model=ModelPublic.of(record))
 
 
-@router.put("/{model_id}", response_model=ModelEnvelope)
+@router.get("", response_model=ModelList)
+async def list_models(
+    service: ModelServiceDep,
+    principal: PrincipalDep,
+    request: Request,
+    label: LabelSelector = None,
+) -> ModelList:
+    """Every registered model the key may use, in the product's shape and OpenAI's at once."""
+    records = await in_store(request, service.list, parse_selector(label))
+    return ModelList.of([r for r in records if principal.may_use(r.name)])
+
+
+@router.get("/{model_id}", response_model=ModelEnvelope, responses={200: {"headers": ETAG_HEADER}})
+async def get_model(
+    model_id: str,
+    service: ModelServiceDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+) -> ModelEnvelope:
+    """One model, by id or by name; its ``resource_version`` is also the ``ETag``."""
+    record = await in_store(request, service.get, model_id)
+    if not principal.may_use(record.name):
+        raise ModelNotFound(f"model {model_id!r} not found", param="id")
+    return _tagged(response, record)
+
+
+@router.put(
+    "/{model_id}",
+    response_model=ModelEnvelope,
+    responses={200: {"headers": ETAG_HEADER}, **PRECONDITION_FAILED},
+)
 async def update_model(
-    model_id: str, body: ModelUpdate, service: ModelServiceDep, admin: AdminDep, request: Request
+    model_id: str,
+    body: ModelUpdate,
+    service: ModelServiceDep,
+    admin: AdminDep,
+    request: Request,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> ModelEnvelope:
     """Partial update, validated against the merged record (e.g. ``{"max_instance": 6}``)."""
-    updated = await in_store(request, service.update, model_id, body, admin.key_id)
-    return ModelEnvelope(model=ModelPublic.of(updated))
+    updated = await in_store(request, service.update, model_id, body, admin.key_id, if_match)
+    return _tagged(response, updated)
 
 
 @router.delete(
     "/{model_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ModelEnvelope,
+    responses=PRECONDITION_FAILED,
 )
 async def delete_model(
-    model_id: str, service: ModelServiceDep, admin: AdminDep, request: Request
+    model_id: str,
+    service: ModelServiceDep,
+    admin: AdminDep,
+    request: Request,
+    if_match: IfMatch = None,
 ) -> ModelEnvelope:
     """Start deleting; the model shows ``DELETING`` until its deployment is gone, then 404."""
-    record = await in_store(request, service.delete, model_id, admin.key_id)
+    record = await in_store(request, service.delete, model_id, admin.key_id, if_match)
     return ModelEnvelope(model=ModelPublic.of(record))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from api.errors import InvalidRequest, ModelConflict, ModelNotFound
+from api.errors import InvalidRequest, ModelConflict, ModelNotFound, PreconditionFailed
 from api.schemas import ModelCreate, ModelUpdate, check_resource_type
 from domain.keys import ANONYMOUS, AuditAction, AuditEvent, field_changes
 from domain.records import ModelRecord, ModelStatus, Pvc, Slo
@@ -26,13 +26,32 @@ DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
 AUDITED_FIELDS = frozenset(
     {
         "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
-        "description", "routing_policy", "replicas", "status",
+        "description", "routing_policy", "labels", "replicas", "status",
     }
 )  # fmt: skip
 
 
 def audited(record: ModelRecord) -> dict[str, object]:
     return record.model_dump(mode="json", include=set(AUDITED_FIELDS))
+
+
+def check_version(record: ModelRecord, if_match: str | None) -> None:
+    """Refuse the write when ``if_match`` (an ``If-Match`` value) is not the record's version.
+
+    Checked inside the read-modify-write, so a spec change between the check and the write
+    makes the write retry and fail here rather than overwrite it.
+    """
+    if if_match is None:
+        return
+    current = str(record.resource_version)
+    given = [tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")]
+    if "*" in given or current in given:
+        return
+    raise PreconditionFailed(
+        f"model {record.name!r} is at resource_version {current}, not {if_match.strip()}: "
+        "it changed since it was read; read it again",
+        param="If-Match",
+    )
 
 
 class ModelService:
@@ -79,6 +98,7 @@ class ModelService:
             slo=Slo(**body.slo.model_dump()),
             description=body.description,
             routing_policy=body.routing_policy or "",
+            labels=dict(body.labels),
             # At least one to start with, as a user registering a model expects to try it;
             # a min_instance of 0 lets it scale to zero once idle.
             replicas=max(body.min_instance, 1),
@@ -104,10 +124,18 @@ class ModelService:
             raise ModelNotFound(f"model {ref!r} not found", param="id")
         return record
 
-    def list(self) -> list[ModelRecord]:
-        return self._store.list()
+    def list(self, labels: dict[str, str] | None = None) -> list[ModelRecord]:
+        """Every model, or those carrying every one of ``labels``."""
+        wanted = (labels or {}).items()
+        return [r for r in self._store.list() if wanted <= r.labels.items()]
 
-    def update(self, ref: str, patch: ModelUpdate, actor: str = ANONYMOUS) -> ModelRecord:
+    def update(
+        self,
+        ref: str,
+        patch: ModelUpdate,
+        actor: str = ANONYMOUS,
+        if_match: str | None = None,
+    ) -> ModelRecord:
         changes = patch.model_dump(exclude_unset=True)
         seen: list[ModelRecord] = []
 
@@ -115,7 +143,9 @@ class ModelService:
             if record.deleting:
                 raise ModelConflict(f"model {record.name!r} is being deleted", param="id")
             seen.append(record.model_copy(deep=True))
-            return self._merge(record, changes)
+            merged = self._merge(record, changes)  # a bad body is a 422 whatever the version
+            check_version(record, if_match)
+            return merged
 
         stored, written = self._rewrite(ref, merge)
         if written:
@@ -171,10 +201,11 @@ class ModelService:
         merged.touch()
         return merged
 
-    def delete(self, ref: str, actor: str = ANONYMOUS) -> ModelRecord:
+    def delete(self, ref: str, actor: str = ANONYMOUS, if_match: str | None = None) -> ModelRecord:
         seen: list[ModelRecord] = []
 
         def mark_deleting(record: ModelRecord) -> ModelRecord | None:
+            check_version(record, if_match)
             if record.deleting:
                 return None
             seen.append(record.model_copy(deep=True))

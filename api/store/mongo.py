@@ -32,7 +32,7 @@ from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure, P
 
 from domain.errors import StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
-from domain.records import ModelRecord
+from domain.records import ModelRecord, stamp_spec_version
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ class MongoModelStore:
 
     @_translating
     def create(self, record: ModelRecord) -> ModelRecord:
-        document = _to_document(record.model_copy(update={"revision": 1}))
+        first = {"revision": 1, "resource_version": 0, "spec_digest": ""}
+        document = _to_document(stamp_spec_version(record.model_copy(update=first)))
         try:
             self._collection.insert_one(document)
         except DuplicateKeyError as exc:
@@ -192,7 +193,8 @@ class MongoModelStore:
 
     @_translating
     def replace(self, record: ModelRecord) -> ModelRecord:
-        document = _to_document(record.model_copy(update={"revision": record.revision + 1}))
+        next_revision = record.model_copy(update={"revision": record.revision + 1})
+        document = _to_document(stamp_spec_version(next_revision))
         try:
             result = self._collection.replace_one(
                 {"_id": record.id, "revision": record.revision}, document

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from domain.errors import StoreCorrupt, StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
-from domain.records import ModelRecord
+from domain.records import ModelRecord, stamp_spec_version
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ class SqliteModelStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def create(self, record: ModelRecord) -> ModelRecord:
-        stored = record.model_copy(update={"revision": 1}, deep=True)
+        first = {"revision": 1, "resource_version": 0, "spec_digest": ""}
+        stored = stamp_spec_version(record.model_copy(update=first, deep=True))
         try:
             with self._pool.connection() as conn:
                 conn.execute(
@@ -232,7 +233,9 @@ class SqliteModelStore:
         return [ModelRecord.model_validate_json(document) for (document,) in rows]
 
     def replace(self, record: ModelRecord) -> ModelRecord:
-        stored = record.model_copy(update={"revision": record.revision + 1}, deep=True)
+        stored = stamp_spec_version(
+            record.model_copy(update={"revision": record.revision + 1}, deep=True)
+        )
         try:
             with self._pool.connection() as conn:
                 cursor = conn.execute(

@@ -19,7 +19,15 @@ import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
 from api.store import MongoModelStore, SqliteModelStore, open_store
-from domain.records import Endpoint, ModelRecord, ModelStatus, Pvc, Slo, format_timestamp
+from domain.records import (
+    Endpoint,
+    ModelRecord,
+    ModelStatus,
+    Pvc,
+    Slo,
+    format_timestamp,
+    stamp_spec_version,
+)
 from domain.settings import Settings
 from domain.store import DuplicateName, ModelStore, RecordNotFound, RevisionConflict
 from tests.store.conftest import StoreFactory
@@ -80,7 +88,7 @@ def test_create_sets_revision_one_and_reads_return_it(store: ModelStore) -> None
 
     assert created.revision == 1
     assert record.revision == 0, "the caller's record is left alone"
-    assert_same_record(created, record.model_copy(update={"revision": 1}))
+    assert_same_record(created, stamp_spec_version(record.model_copy(update={"revision": 1})))
     assert store.get(record.id) == created
     assert store.get_by_name("DeepSeek-R1-Distill-Qwen-7B") == created
     assert store.list() == [created]
@@ -166,7 +174,7 @@ def test_replace_bumps_revision_and_persists_every_field(store: ModelStore) -> N
     replaced = store.replace(changed)
 
     assert replaced.revision == 2
-    assert_same_record(replaced, changed.model_copy(update={"revision": 2}))
+    assert_same_record(replaced, stamp_spec_version(changed.model_copy(update={"revision": 2})))
     stored = store.get(created.id)
     assert stored == replaced
     assert stored.status is ModelStatus.ACTIVE
