@@ -66,6 +66,8 @@ class Endpoint(BaseModel):
     instance_id: str
     url: str
     ready: bool = True
+    # The cards it holds, ``node/index`` (local engines; empty without an inventory).
+    accelerators: list[str] = Field(default_factory=list)
 
 
 class Scaling(BaseModel):
@@ -95,6 +97,9 @@ class ModelRecord(BaseModel):
     description: str = ""
     # Beyond the product: how the gateway picks an instance ("" means the installation's).
     routing_policy: str = ""
+    # Beyond the product: when cards are short, a higher priority takes a lower one's spare
+    # instances (above their min_instance).
+    priority: int = 0
     status: ModelStatus = ModelStatus.DEPLOYING
     status_code: str = ""
     status_msg: str = ""

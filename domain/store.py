@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
+from domain.accelerators import Quarantine
 from domain.errors import (
     DuplicateName,
     RecordNotFound,
@@ -29,7 +30,6 @@ from domain.errors import (
     StoreError,
     WriteContention,
 )
-from domain.accelerators import Quarantine
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord
 
