@@ -129,7 +129,7 @@ class CardLedger:
         return 0 <= index < self.nodes.get(node, 0)
 
     def on_probation(self, key: tuple[str, int], now: datetime) -> bool:
-        """A card quarantined once by a device fault, its probation over: one instance may try it."""
+        """Quarantined once by a device fault and past its probation: one instance may try it."""
         q = self.quarantines.get(key)
         if q is None or not self.probation_s or q.by != BY_ENGINE or q.faults > 1:
             return False

@@ -34,12 +34,10 @@ class DeviceFault:
 
 def find_device_fault(log_tail: str) -> DeviceFault | None:
     """The last device-fault line in ``log_tail``, or None when the engine failed otherwise."""
-    found: DeviceFault | None = None
-    position = -1
-    for pattern in _PATTERNS:
-        for match in pattern.finditer(log_tail):
-            if match.start() > position:
-                device = match.groupdict().get("device")
-                found = DeviceFault(match.group(0).strip(), int(device) if device else None)
-                position = match.start()
-    return found
+    for line in reversed(log_tail.splitlines()):
+        matches = [m for m in (p.search(line) for p in _PATTERNS) if m is not None]
+        if matches:
+            device = next((m["device"] for m in matches if m.groupdict().get("device")), None)
+            return DeviceFault(min(matches, key=lambda m: m.start()).group(0).strip(),
+                               int(device) if device else None)  # fmt: skip
+    return None
