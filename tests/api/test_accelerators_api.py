@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.store import SqliteModelStore
 from domain.settings import Settings
-from tests.api.test_keys import ADMIN, assert_error, bearer, create_key, keyed
+from tests.api.test_keys import ADMIN, assert_error, bearer, create_key, frontend_app, keyed
 from tests.conftest import register_body
 
 
@@ -83,7 +83,12 @@ def test_bad_cards_and_bodies_are_4xx_and_change_nothing(
     assert store.quarantines() == [] and admin.get("/v1/audit").json()["events"] == []
 
 
-def test_priority_is_accepted_by_post_and_put(admin: TestClient) -> None:
+def test_priority_is_accepted_by_post_and_put(settings: Settings, store: SqliteModelStore) -> None:
+    with TestClient(frontend_app(keyed(settings), store), headers=bearer(ADMIN)) as admin:
+        _priority(admin)
+
+
+def _priority(admin: TestClient) -> None:
     created = admin.post("/v1/models", json=register_body(priority=5)).json()["model"]
     assert created["priority"] == 5
     updated = admin.put(f"/v1/models/{created['id']}", json={"priority": -1}).json()["model"]
@@ -91,4 +96,3 @@ def test_priority_is_accepted_by_post_and_put(admin: TestClient) -> None:
     assert admin.put(f"/v1/models/{created['id']}", json={"priority": "high"}).status_code == 422
     schema = admin.get("/openapi.json").json()["components"]["schemas"]["ModelCreate"]
     assert "priority" in schema["properties"]
-    admin.delete(f"/v1/models/{created['id']}")
