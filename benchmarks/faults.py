@@ -52,7 +52,7 @@ def _free_port() -> int:
 def _body(name: str, type_: str, low: int, high: int, priority: int) -> dict[str, Any]:
     return {"name": name, "type": type_, "resource_type": "huawei.com/ascend-1980",
             "version": "1", "max_instance": high, "min_instance": low, "priority": priority,
-            "pvc": {"name": "models", "path": f"/{name}"},
+            "pvc": {"name": "models", "path": name},
             "slo": {"target_time_to_first_token_p95": 2000,
                     "target_time_per_output_token_p95": 100}}  # fmt: skip
 
