@@ -28,13 +28,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.accelerators import Accelerators, InventoryCollector
 from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
 from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
-from api.routes import chat, health, keys, metrics, models
+from api.routes import accelerators, chat, health, keys, metrics, models
 from api.server import client_disconnects
 from api.services.keys import KeyService
 from api.services.models import ModelService
@@ -135,6 +136,7 @@ def create_app(
     if Role.FRONTEND in roles:
         app.include_router(models.router)
         app.include_router(keys.router)
+        app.include_router(accelerators.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
         served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
@@ -249,7 +251,8 @@ def build_roles(
     if Role.MODEL_JOB_EXECUTOR in roles:
         # What the executor observes (ACTIVE, endpoints) reaches routing at once.
         on_observed = chat.notify_change if chat else lambda: None
-        executor = _model_job_executor(settings, store, deployer_factory(settings), on_observed)
+        deployer = _deployer(settings, store, deployer_factory, state)
+        executor = _model_job_executor(settings, store, deployer, on_observed)
         changes.add(executor.notify_change)
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
@@ -268,6 +271,23 @@ def _frontend(
 ) -> Frontend:
     registry = ModelService(store, max_instance_cap=settings.max_instance_cap, on_change=on_change)
     return Frontend(registry, inference=chat, settings=settings)
+
+
+def _deployer(
+    settings: Settings,
+    store: ModelStore,
+    deployer_factory: Callable[[Settings], Deployer],
+    state: Any,
+) -> Deployer:
+    """The deployer; a local one places engines on this machine's cards (the inventory)."""
+    if deployer_factory is not build_deployer or settings.runtime != "local":
+        return deployer_factory(settings)
+    from api.deployers.local import LocalDeployer
+
+    inventory = Accelerators(settings, store)
+    state.accelerators = inventory
+    state.registry.register(InventoryCollector(inventory))
+    return LocalDeployer(settings, accelerators=inventory)
 
 
 def _model_job_executor(

@@ -107,6 +107,11 @@ class KeyNotFound(AifError):
     error_type = "not_found_error"
 
 
+class AcceleratorNotFound(AifError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class ModelNotFound(AifError):
     status_code = 404
     error_type = "not_found_error"

@@ -161,7 +161,8 @@ class ModelJobExecutor:
             await asyncio.to_thread(self._record_failure, record, error, state)
             return
         await asyncio.to_thread(self._record_observation, spec, state)
-        if state.phase is Phase.PROGRESSING:
+        if state.phase is Phase.PROGRESSING and not state.reason:
+            # Waiting for cards (a reason) is not a start to watch closely: the interval will do.
             asyncio.get_running_loop().call_later(PROGRESS_POLL_S, self._changed.set)
 
     async def _tear_down(self, record: ModelRecord) -> None:
@@ -318,7 +319,7 @@ def _observed_status(record: ModelRecord, state: DeploymentState, *, done: bool)
             "scaled to zero; the next request starts an instance" if record.replicas == 0 else ""
         )
         return
-    record.status_code = ""
+    record.status_code = state.reason
     record.status_msg = state.message
     if state.ready_replicas == 0 and record.status in (ModelStatus.ACTIVE, ModelStatus.IDLE):
         # Nothing serves (after a restart, or starting from zero): not ACTIVE until it does.

@@ -161,6 +161,17 @@ def check_resource_type(model_type: str, resource_type: str) -> None:
         )
 
 
+Priority = Annotated[
+    int,
+    Field(
+        ge=-1000,
+        le=1000,
+        description="when cards are short, a model of higher priority takes instances above "
+        "min_instance from the lowest-priority models (default 0)",
+    ),
+]
+
+
 class ModelCreate(_Body):
     """The body of ``POST /v1/models``."""
 
@@ -177,6 +188,7 @@ class ModelCreate(_Body):
         default=None, description="how the gateway picks an instance; default: the installation's"
     )
     labels: Labels = Field(default_factory=dict)
+    priority: Priority = 0
 
     @field_validator("min_instance")
     @classmethod
@@ -220,6 +232,7 @@ class ModelUpdate(_Body):
     description: str | None = Field(default=None, max_length=2048)
     routing_policy: RoutingPolicyName | None = None
     labels: Labels | None = Field(default=None, description="replaces the model's labels")
+    priority: Priority | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -283,6 +296,7 @@ class ModelPublic(BaseModel):
         description="changes on every write of the spec (not of the status); the ETag, and "
         "what If-Match on PUT and DELETE compares"
     )
+    priority: int = 0
     status: ModelStatus
     status_code: str
     status_msg: str
@@ -291,6 +305,9 @@ class ModelPublic(BaseModel):
     instances: int = Field(description="desired instances, within [min_instance, max_instance]")
     ready_instances: int
     scaling: ScalingPublic = Field(description="the task-executor-manager's last decision")
+    instance_accelerators: dict[str, list[str]] = Field(
+        default_factory=dict, description="the cards (node/index) each instance holds, by id"
+    )
 
     @field_serializer("created_at", "updated_at")
     def _timestamp(self, value: datetime) -> str:
@@ -298,8 +315,17 @@ class ModelPublic(BaseModel):
 
     @classmethod
     def of(cls, record: ModelRecord) -> ModelPublic:
-        data = record.model_dump(include=set(cls.model_fields) - {"instances", "resource_version"})
-        return cls(**data, instances=record.replicas, resource_version=str(record.resource_version))
+        data = record.model_dump(
+            include=set(cls.model_fields)
+            - {"instances", "resource_version", "instance_accelerators"}
+        )
+        cards = {e.instance_id: e.accelerators for e in record.endpoints if e.accelerators}
+        return cls(
+            **data,
+            instances=record.replicas,
+            resource_version=str(record.resource_version),
+            instance_accelerators=cards,
+        )
 
 
 class ModelEnvelope(BaseModel):
@@ -462,3 +488,25 @@ class AuditEventPublic(BaseModel):
 class AuditList(BaseModel):
     events: list[AuditEventPublic]
     object: Literal["list"] = "list"
+
+
+class AcceleratorInventory(BaseModel):
+    """``GET /v1/accelerators``: every card, totals per resource type and per node."""
+
+    totals: dict[str, dict[str, int]] = Field(description="resource type: cards per state")
+    nodes: list[dict[str, Any]] = Field(description="per node: resource type, cards per state")
+    cards: list[dict[str, Any]] = Field(
+        description="node, index, resource_type, state; model and instance_id when allocated; "
+        "quarantine (reason, since, by, faults) when quarantined"
+    )
+
+
+class CardQuarantine(_Body):
+    reason: str = Field(min_length=1, max_length=500, description="why, for the audit trail")
+
+
+class CardChange(BaseModel):
+    node: str
+    index: int
+    state: str
+    changed: bool

@@ -82,6 +82,9 @@ class AuditAction(enum.StrEnum):
     MODEL_SCALE = "model.scale"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
+    # A card taken out of service (an engine's device fault, or an admin) or given back.
+    ACCELERATOR_QUARANTINE = "accelerator.quarantine"
+    ACCELERATOR_RELEASE = "accelerator.release"
 
 
 def new_event_id() -> str:

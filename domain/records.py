@@ -68,6 +68,8 @@ class Endpoint(BaseModel):
     instance_id: str
     url: str
     ready: bool = True
+    # The cards it holds, ``node/index`` (local engines; empty without an inventory).
+    accelerators: list[str] = Field(default_factory=list)
 
 
 class Scaling(BaseModel):
@@ -99,6 +101,9 @@ class ModelRecord(BaseModel):
     routing_policy: str = ""
     # Beyond the product: key/value pairs a user sets (``aif apply`` records its file set here).
     labels: dict[str, str] = Field(default_factory=dict)
+    # Beyond the product: when cards are short, a higher priority takes a lower one's spare
+    # instances (above their min_instance).
+    priority: int = 0
     status: ModelStatus = ModelStatus.DEPLOYING
     status_code: str = ""
     status_msg: str = ""
@@ -148,7 +153,7 @@ class ModelRecord(BaseModel):
 SPEC_FIELDS = frozenset(
     {
         "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
-        "description", "routing_policy", "labels",
+        "description", "routing_policy", "labels", "priority",
     }
 )  # fmt: skip
 

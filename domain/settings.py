@@ -16,8 +16,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.accelerators import parse_local_accelerators
 
 DEFAULT_PULUMI_PASSPHRASE = "aif-development-only"
 
@@ -86,6 +88,15 @@ class Settings(ClusterConfig, BaseSettings):
     # Extra arguments for every local engine process (fault injection in tests, vLLM flags).
     engine_args: list[str] = Field(default_factory=list)
     engine_ready_timeout_s: float = Field(default=120.0, gt=0)
+    # The cards local engines are placed on: a count (one node) or {"node-a": 8, "node-b": 8}
+    # (several simulated nodes); 16 holds the walkthrough's models with room to scale.
+    local_accelerators: str = "16"
+    # The resource type of the local cards: models of another type wait for cards.
+    local_resource_type: str = "huawei.com/ascend-1980"
+    # A card quarantined by one device fault is tried again (one instance) after this, and
+    # released if that instance holds as long; a second fault keeps it until an admin releases
+    # it. 0: only an admin releases quarantined cards.
+    quarantine_probation_s: float = Field(default=900.0, ge=0)
     # Scale-in drains: an instance leaves routing, its requests finish within this, then it
     # stops (long answers take minutes).
     drain_timeout_s: float = Field(default=300.0, ge=0)
@@ -229,6 +240,12 @@ class Settings(ClusterConfig, BaseSettings):
     def cluster(self) -> ClusterConfig:
         """The cluster settings alone, as the deployer and ``aif render`` take them."""
         return ClusterConfig(**{name: getattr(self, name) for name in ClusterConfig.model_fields})
+
+    @field_validator("local_accelerators")
+    @classmethod
+    def _cards_per_node(cls, value: str) -> str:
+        parse_local_accelerators(value)
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
+from domain.accelerators import Quarantine
 from domain.errors import (
     DuplicateName,
     RecordNotFound,
@@ -114,6 +115,20 @@ class ModelStore(Protocol):
 
     def events(self, model_id: str | None = None, limit: int = 100) -> builtins.list[AuditEvent]:
         """The latest ``limit`` events (of one model when ``model_id`` is given), oldest first."""
+        ...
+
+    # --- quarantined accelerator cards: kept across restarts ------------------------------
+
+    def quarantines(self) -> builtins.list[Quarantine]:
+        """Every quarantined card."""
+        ...
+
+    def put_quarantine(self, quarantine: Quarantine) -> None:
+        """Store the card's quarantine, replacing the one it had."""
+        ...
+
+    def drop_quarantine(self, node: str, index: int) -> bool:
+        """Release the card; whether it was quarantined."""
         ...
 
     def close(self) -> None:

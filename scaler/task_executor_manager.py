@@ -27,6 +27,7 @@ from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, audit, rewrite
 from domain.wakeup import Wakeup
 from scaler.metrics import MetricsSource
+from scaler.placement import hold_for_cards
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class TaskExecutorManager:
         )
         state = self._states.get(record.id, ScalingState())
         decision, self._states[record.id] = decide(ctx, state, self._policy)
+        decision = hold_for_cards(record, decision)
         if self._metrics is not None:
             self._metrics.record(record.name, record.replicas, decision)
         if decision.replicas == record.replicas:

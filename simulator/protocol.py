@@ -117,6 +117,8 @@ class FaultsUpdate(BaseModel):
     error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     stall_after_tokens: int | None = Field(default=None, ge=0)
     healthy: bool | None = None
+    # True: the card fails, as an NPU/GPU does: a device error is logged and the engine exits.
+    device_fault: bool | None = None
 
 
 def new_id(kind: Literal["chat", "text"]) -> str:

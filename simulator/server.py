@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +43,11 @@ from simulator.protocol import ChatCompletionRequest, CompletionRequest, FaultsU
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# What a real engine exits with when its card fails (vLLM's worker dies, the server exits 1).
+DEVICE_FAULT_EXIT_CODE = 1
+# Long enough for the answer to POST /admin/faults to leave before the process dies.
+DEVICE_FAULT_EXIT_DELAY_S = 0.05
 
 # Proxies must pass stream chunks through as they come rather than buffer them.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -159,7 +166,25 @@ class SimulatorServer:
         if update.healthy is not None:
             self.faults.healthy = update.healthy
         logger.info("faults changed to %s", self.faults.snapshot())
+        if update.device_fault:
+            asyncio.get_running_loop().call_later(DEVICE_FAULT_EXIT_DELAY_S, _device_fault)
+            return JSONResponse({**self.faults.snapshot(), "device_fault": True})
         return JSONResponse(self.faults.snapshot())
+
+
+def _device_fault() -> None:
+    """Die as an engine on a failed card does: the runtime's error, then exit at once (no
+    graceful shutdown: open streams are cut)."""
+    ascend = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+    visible = ascend if ascend is not None else os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    device = (visible.split(",")[0] or "0").strip()
+    kind = "NPU" if ascend is not None else "GPU"
+    logger.error(
+        "device fault on %s %s: aclrtSynchronizeStream failed, error code 507035 "
+        "(device hardware error); the engine exits", kind, device,
+    )  # fmt: skip
+    sys.stderr.flush()
+    os._exit(DEVICE_FAULT_EXIT_CODE)
 
 
 def build_app(

@@ -74,6 +74,28 @@ def engine_env(engine: str, spec: DeploymentSpec) -> dict[str, str]:
     return {**preset.env, **(profile.env if profile else {})}
 
 
+# How each runtime is told which cards are its own (physical ids, comma-separated).
+VISIBLE_DEVICES_ENV = {
+    "huawei.com/ascend-1980": "ASCEND_RT_VISIBLE_DEVICES",
+    "nvidia.com/gpu": "CUDA_VISIBLE_DEVICES",
+}
+
+
+def card_shape(spec: DeploymentSpec) -> tuple[int, int]:
+    """(cards per pod, pods) one instance of ``spec`` needs; one card for an unknown preset."""
+    preset = load_presets().get(spec.type)
+    profile = _profile(preset, spec.resource_type) if preset is not None else None
+    if profile is None:
+        return 1, 1
+    return profile.accelerators_per_node, profile.nodes
+
+
+def visible_devices_env(resource_type: str, devices: str) -> dict[str, str]:
+    """The variable the engine's runtime reads its cards from (``ASCEND_RT_VISIBLE_DEVICES``)."""
+    name = VISIBLE_DEVICES_ENV.get(resource_type)
+    return {name: devices} if name else {}
+
+
 def health_path(engine: str) -> str:
     """The route that answers 200 once the engine serves."""
     if engine == "llama-cpp":

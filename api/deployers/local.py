@@ -50,6 +50,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from api.accelerators import Accelerators
 from api.deployers._processes import (
     delete_logs,
     forget,
@@ -63,7 +64,16 @@ from api.deployers._processes import (
     terminate,
     write_json,
 )
-from api.deployers.launch import ENGINE_HOST, engine_command, engine_env, health_path
+from api.deployers.device_faults import find_device_fault
+from api.deployers.launch import (
+    ENGINE_HOST,
+    card_shape,
+    engine_command,
+    engine_env,
+    health_path,
+    visible_devices_env,
+)
+from domain.accelerators import Placement
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
 from domain.records import Endpoint
 from domain.settings import Settings
@@ -91,6 +101,9 @@ class _Instance:
     ever_ready: bool = False
     failed_probes: int = 0
     unhealthy_since: float | None = None  # time.monotonic() it was taken out of the ready set
+    placement: Placement | None = None  # its cards, when the deployer keeps an inventory
+    on_probation: list[tuple[str, int]] = field(default_factory=list)  # quarantined cards tried
+    ready_at: float | None = None  # time.monotonic() it first answered its health probe
 
     @property
     def url(self) -> str:
@@ -110,6 +123,8 @@ class _Model:
     stopping: set[asyncio.Task[None]] = field(default_factory=set)
     unstoppable: list[_Instance] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: str = ""  # why instances wait for cards, when they do
+    name: str = ""
 
 
 class LocalDeployer:
@@ -122,8 +137,15 @@ class LocalDeployer:
     # Engines die with aif (the parent-death signal): endpoints of an earlier run are stale.
     instances_outlive_executor = False
 
-    def __init__(self, settings: Settings, command_builder: CommandBuilder | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        command_builder: CommandBuilder | None = None,
+        accelerators: Accelerators | None = None,
+    ) -> None:
         self._settings = settings
+        # Without an inventory, engines start with no card accounting (max_instance the limit).
+        self.accelerators = accelerators
         self._build: CommandBuilder = command_builder or functools.partial(
             engine_command, data_dir=settings.data_dir
         )
@@ -172,6 +194,8 @@ class LocalDeployer:
             if self._recovered:
                 return 0
             self._recovered = True
+            if self.accelerators is not None:
+                await asyncio.to_thread(self.accelerators.load)
             paths = sorted(self._root.glob("*/*.json"))
             killed = sum(await asyncio.gather(*(self._recover_record(p) for p in paths)))
             for directory in self._root.glob("*"):
@@ -193,6 +217,9 @@ class LocalDeployer:
         await self._probe(model)
         self._check_start_timeouts(spec.model_id, model)
         unhealthy = self._replace_unhealthy(spec.model_id, model)
+        model.waiting, model.name = "", spec.name
+        if self.accelerators is not None:
+            await asyncio.to_thread(self._end_probations, model)
         if model.failure is None:
             reason = (
                 "replace exited" if exited
@@ -201,28 +228,54 @@ class LocalDeployer:
                 else "scale up"
             )  # fmt: skip
             for _ in range(replicas - len(model.instances)):
-                self._start(spec, model, key, reason, replicas)
+                if not self._start(spec, model, key, reason, replicas):
+                    break
         endpoints = tuple(
-            Endpoint(instance_id=i.instance_id, url=i.url, ready=i.ready) for i in model.instances
-        )
+            Endpoint(instance_id=i.instance_id, url=i.url, ready=i.ready,
+                     accelerators=i.placement.names if i.placement else [])
+            for i in model.instances
+        )  # fmt: skip
         ready = sum(i.ready for i in model.instances)
         if model.failure is not None:
             return replace(model.failure, ready_replicas=ready, endpoints=endpoints)
         phase = Phase.READY if ready == replicas == len(model.instances) else Phase.PROGRESSING
-        return DeploymentState(phase, ready, endpoints, f"{ready}/{replicas} instances ready")
+        message = f"{ready}/{replicas} instances ready"
+        if model.waiting:
+            waiting = replicas - len(model.instances)
+            message += f"; {waiting} instance{'s' if waiting > 1 else ''} {model.waiting}"
+            return DeploymentState(phase, ready, endpoints, message, "InsufficientAccelerators")
+        return DeploymentState(phase, ready, endpoints, message)
 
     def _start(
         self, spec: DeploymentSpec, model: _Model, key: tuple[str, ...], reason: str, replicas: int
-    ) -> None:
+    ) -> bool:
+        """Start one instance; False when its cards are not there (``model.waiting`` says why)."""
         instance_id = secrets.token_hex(4)
+        placement: Placement | None = None
+        probation: list[tuple[str, int]] = []
+        if self.accelerators is not None:
+            cards_per_pod, pods = card_shape(spec)
+            holder = (spec.model_id, spec.name, instance_id)
+            placement = self.accelerators.place(spec.resource_type, cards_per_pod, pods, holder)
+            if placement is None:
+                model.waiting = self.accelerators.shortage(spec.resource_type, cards_per_pod, pods)
+                log_event(logging.INFO, "engine waits for cards", model_id=spec.model_id,
+                          replicas=replicas, live=len(model.instances),
+                          reason=model.waiting)  # fmt: skip
+                return False
+            probation = self.accelerators.probation(placement)
         port = _free_port(taken={i.port for m in self._models.values() for i in m.instances})
         argv = self._build(self._settings.engine, spec, port, self._settings.engine_args)
         record_path = self._root / spec.model_id / f"{instance_id}.json"
         record_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **engine_env(self._settings.engine, spec)}
+        if placement is not None:
+            env.update(visible_devices_env(spec.resource_type, placement.visible_devices))
         try:
             process = spawn(argv, record_path.with_suffix(".log"), env)
         except OSError as exc:
+            if self.accelerators is not None:
+                self.accelerators.release_instance(instance_id)
             raise DeployerError(f"cannot run {argv[0]}: {exc}", "EngineStartFailed") from exc
         try:
             create_time = psutil.Process(process.pid).create_time()
@@ -232,8 +285,9 @@ class LocalDeployer:
                   "port": port, "create_time": create_time, "argv": argv,
                   "generation": spec.generation, **self._owner}  # fmt: skip
         model.instances.append(
-            _Instance(instance_id, port, process, key, time.monotonic(), record_path)
-        )
+            _Instance(instance_id, port, process, key, time.monotonic(), record_path,
+                      placement=placement, on_probation=probation)
+        )  # fmt: skip
         try:
             write_json(record_path, record)
         except OSError as exc:  # the engine still dies with aif; only recovery needs the record
@@ -242,7 +296,10 @@ class LocalDeployer:
             )
         log_event(logging.INFO, "engine start", model_id=spec.model_id, instance_id=instance_id,
                   pid=process.pid, port=port, generation=spec.generation, reason=reason,
-                  replicas=replicas, live=len(model.instances), argv=argv)  # fmt: skip
+                  replicas=replicas, live=len(model.instances),
+                  cards=placement.names if placement else None,
+                  probation=probation or None, argv=argv)  # fmt: skip
+        return True
 
     def _reap(self, model_id: str, model: _Model, replicas: int) -> int:
         """Forget engines that exited; a crash loop sets the model's failure."""
@@ -252,7 +309,8 @@ class LocalDeployer:
             model.instances.remove(inst)
             inst.record_path.unlink(missing_ok=True)
             uptime_s = now - inst.started_at
-            if uptime_s < EARLY_EXIT_S:
+            faulty = self._device_fault(model_id, model.name, inst)
+            if uptime_s < EARLY_EXIT_S and not faulty:  # a broken card is not the model's fault
                 model.early_exits.append(now)
             model.early_exits = [t for t in model.early_exits if now - t < CRASH_LOOP_WINDOW_S]
             limit = CRASH_LOOP_EXITS_PER_INSTANCE * max(replicas, 1)
@@ -295,6 +353,8 @@ class LocalDeployer:
                               url=inst.url)  # fmt: skip
                 inst.ready = inst.ever_ready = True
                 inst.unhealthy_since = None
+                if inst.ready_at is None:
+                    inst.ready_at = time.monotonic()
             elif inst.ready and inst.failed_probes >= UNHEALTHY_AFTER_PROBES:
                 inst.ready = False
                 inst.unhealthy_since = time.monotonic()
@@ -315,6 +375,36 @@ class LocalDeployer:
             self._stop_later(model_id, model, victims, f"unhealthy for over {grace_s:g}s",
                              keep=True)  # fmt: skip
         return len(victims)
+
+    def _device_fault(self, model_id: str, name: str, inst: _Instance) -> bool:
+        """Free the exited engine's cards; quarantine the one its device error names."""
+        if self.accelerators is None or inst.placement is None:
+            return False
+        self.accelerators.release_instance(inst.instance_id)
+        fault = find_device_fault(log_tail(inst.log_path))
+        if fault is None:
+            return False
+        node, indices = inst.placement.pods[0]
+        # The error names the physical card; one that names none condemns all the pod's cards.
+        cards = [i for i in indices if i == fault.device] or list(indices)
+        for index in cards:
+            self.accelerators.device_fault((node, index), fault.line, (model_id, name))
+        return True
+
+    def _end_probations(self, model: _Model) -> None:
+        """Release the quarantined cards whose trial instance held for the probation."""
+        assert self.accelerators is not None
+        probation_s = self._settings.quarantine_probation_s
+        now = time.monotonic()
+        for inst in model.instances:
+            if (
+                inst.on_probation
+                and inst.ready_at is not None
+                and now - inst.ready_at >= probation_s
+            ):
+                for node, index in inst.on_probation:
+                    self.accelerators.release(node, index, "engine", "held through its probation")
+                inst.on_probation = []
 
     def _check_start_timeouts(self, model_id: str, model: _Model) -> None:
         timeout_s = self._settings.engine_ready_timeout_s
@@ -379,6 +469,8 @@ class LocalDeployer:
                 model.unstoppable.append(inst)
                 continue
             inst.record_path.unlink(missing_ok=True)
+            if self.accelerators is not None:
+                self.accelerators.release_instance(inst.instance_id)
             if not keep_logs:
                 inst.log_path.unlink(missing_ok=True)
 

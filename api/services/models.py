@@ -26,7 +26,7 @@ DEPLOYMENT_FIELDS = ("type", "resource_type", "version", "pvc", "replicas")
 AUDITED_FIELDS = frozenset(
     {
         "name", "type", "resource_type", "version", "max_instance", "min_instance", "pvc", "slo",
-        "description", "routing_policy", "labels", "replicas", "status",
+        "description", "routing_policy", "labels", "priority", "replicas", "status",
     }
 )  # fmt: skip
 
@@ -99,6 +99,7 @@ class ModelService:
             description=body.description,
             routing_policy=body.routing_policy or "",
             labels=dict(body.labels),
+            priority=body.priority,
             # At least one to start with, as a user registering a model expects to try it;
             # a min_instance of 0 lets it scale to zero once idle.
             replicas=max(body.min_instance, 1),

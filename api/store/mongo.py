@@ -30,6 +30,7 @@ import pymongo
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure, PyMongoError
 
+from domain.accelerators import Quarantine, card_name
 from domain.errors import StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord, stamp_spec_version
@@ -89,6 +90,7 @@ _TIMESTAMP_FIELDS = ("created_at", "updated_at")
 # Keys and audit events live beside the models, in collections of their own.
 KEYS_COLLECTION = "api_keys"
 EVENTS_COLLECTION = "audit_events"
+QUARANTINES_COLLECTION = "accelerator_quarantines"
 
 
 def _to_millisecond(moment: datetime) -> datetime:
@@ -137,6 +139,7 @@ class MongoModelStore:
         self._collection: Collection[Document] = client[database][collection]
         self._keys: Collection[Document] = client[database][KEYS_COLLECTION]
         self._events: Collection[Document] = client[database][EVENTS_COLLECTION]
+        self._quarantines: Collection[Document] = client[database][QUARANTINES_COLLECTION]
         try:
             self._collection.create_indexes(
                 [
@@ -265,6 +268,23 @@ class MongoModelStore:
         query = {} if model_id is None else {"model_id": model_id}
         cursor = self._events.find(query, sort=[("_id", pymongo.DESCENDING)], limit=limit)
         return [AuditEvent.model_validate(document["document"]) for document in cursor][::-1]
+
+    @_translating
+    def quarantines(self) -> builtins.list[Quarantine]:
+        cursor = self._quarantines.find({}, sort=[("_id", pymongo.ASCENDING)])
+        return [Quarantine.model_validate(document["document"]) for document in cursor]
+
+    @_translating
+    def put_quarantine(self, quarantine: Quarantine) -> None:
+        self._quarantines.replace_one(
+            {"_id": card_name(quarantine.node, quarantine.index)},
+            {"document": quarantine.model_dump(mode="json")},
+            upsert=True,
+        )
+
+    @_translating
+    def drop_quarantine(self, node: str, index: int) -> bool:
+        return self._quarantines.delete_one({"_id": card_name(node, index)}).deleted_count > 0
 
     def close(self) -> None:
         self._client.close()

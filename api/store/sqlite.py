@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from domain.accelerators import Quarantine
 from domain.errors import StoreCorrupt, StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord, stamp_spec_version
@@ -63,6 +64,12 @@ CREATE TABLE IF NOT EXISTS audit_events (
     document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_model ON audit_events (model_id, id);
+CREATE TABLE IF NOT EXISTS accelerator_quarantines (
+    node TEXT NOT NULL,
+    card INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    PRIMARY KEY (node, card)
+);
 """
 
 
@@ -320,6 +327,28 @@ class SqliteModelStore:
                     (model_id, limit),
                 ).fetchall()
         return [AuditEvent.model_validate_json(document) for (document,) in reversed(rows)]
+
+    def quarantines(self) -> builtins.list[Quarantine]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT document FROM accelerator_quarantines ORDER BY node, card"
+            ).fetchall()
+        return [Quarantine.model_validate_json(document) for (document,) in rows]
+
+    def put_quarantine(self, quarantine: Quarantine) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO accelerator_quarantines (node, card, document) "
+                "VALUES (?, ?, ?)",
+                (quarantine.node, quarantine.index, quarantine.model_dump_json()),
+            )
+
+    def drop_quarantine(self, node: str, index: int) -> bool:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM accelerator_quarantines WHERE node = ? AND card = ?", (node, index)
+            )
+        return cursor.rowcount > 0
 
     def close(self) -> None:
         self._pool.close()

@@ -1,0 +1,43 @@
+"""Reading a device fault out of an engine's last words.
+
+An engine whose NPU or GPU fails logs the runtime's error and exits: vLLM-Ascend with the ACL
+error (``EZ9999``, ``507035`` ...), vLLM on CUDA with ``CUDA error: ...`` or an Xid, aif's
+simulator (``POST /admin/faults {"device_fault": true}``) with ``device fault on NPU 3``.
+:func:`find_device_fault` finds that line in the tail of the log, and the device it names
+when it names one. What to do about it (quarantine, replacement) is the deployer's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Lines that mean the card itself failed, not the engine's code. ``device`` is the physical
+# id when the line names one.
+_PATTERNS = (
+    re.compile(r"device fault on (?:NPU|GPU) (?P<device>\d+)[^\n]*"),
+    re.compile(r"(?:ACL|aclrt\w*)[^\n]*error code[: ]*(?:507035|507053|507054|507899)[^\n]*"),
+    re.compile(r"EZ9999[^\n]*device[^\n]*"),
+    re.compile(
+        r"CUDA error: (?:uncorrectable ECC error|unspecified launch failure|"
+        r"an illegal memory access)[^\n]*"
+    ),
+    re.compile(r"Xid \d+[^\n]*"),
+)
+
+
+@dataclass(frozen=True)
+class DeviceFault:
+    line: str
+    device: int | None  # the physical card id, when the error names it
+
+
+def find_device_fault(log_tail: str) -> DeviceFault | None:
+    """The last device-fault line in ``log_tail``, or None when the engine failed otherwise."""
+    for line in reversed(log_tail.splitlines()):
+        matches = [m for m in (p.search(line) for p in _PATTERNS) if m is not None]
+        if matches:
+            device = next((m["device"] for m in matches if m.groupdict().get("device")), None)
+            return DeviceFault(min(matches, key=lambda m: m.start()).group(0).strip(),
+                               int(device) if device else None)  # fmt: skip
+    return None
