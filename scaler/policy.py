@@ -54,6 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from domain.records import within_bounds
+from scaler.capacity import CapacityCurve, engine_full, estimate, observe_sample
 from scaler.metrics import LoadSnapshot
 
 Inputs = Mapping[str, float | int | str | None]
@@ -81,10 +82,6 @@ class PolicyConfig:
     upscale_delay_s: float = 10.0
     # The window latency is read over: after a queue, latency stays high this long.
     latency_window_s: float = 30.0
-    # A breach lowers the estimate to the per-instance concurrency it happened at, times this.
-    breach_backoff: float = 0.8
-    # Meeting the SLO near the estimate moves it this fraction back toward the preset's.
-    estimate_alpha: float = 0.2
     # No traffic for this long: toward min_instance (possibly 0).
     idle_window_s: float = 300.0
     # Requests of spare room kept beyond the stable window's mean concurrency, at what the
@@ -109,6 +106,9 @@ class ScalingContext:
     capacity_per_instance: int
     # The model's load; None when it could not be read (the policy holds).
     snapshot: LoadSnapshot | None
+    # Concurrency per instance within the SLO stored with the model (learnt earlier, or
+    # profiled), used until this process has learnt its own; None: not known.
+    known_capacity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,10 @@ class ScalingState:
     observed_since: float | None = None
     # (time, concurrency) over the stable window.
     concurrency: tuple[tuple[float, float], ...] = ()
+    # SLO ratio by concurrency per instance, learnt (scaler.capacity).
+    curve: CapacityCurve | None = None
+    # (time, concurrency per ready instance) over the latency window.
+    per_instance: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class Signals:
     idle: bool
     # Latency over target (beyond the tolerance), not explained by a recent queue.
     breach: bool
+    # No queue at the gateway nor instances added for a breach over the latency window.
+    settled: bool = False
 
 
 def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) -> float | None:
@@ -195,6 +201,7 @@ def observe(
     now = ctx.now
     concurrency = snap.in_flight + snap.queued
     kept = tuple((t, c) for t, c in state.concurrency if t > now - config.downscale_delay_s)
+    per_instance = tuple((t, c) for t, c in state.per_instance if t > now - config.latency_window_s)
     # The windowed rate and latency of the last requests linger for a window, but the idle
     # spell begins with the last answer. Nothing in flight or queued now, but something was at
     # the last pass, or answered since it (the count answered changed; without the count, the
@@ -220,6 +227,7 @@ def observe(
         unsettled_at=now if snap.queued > 0 else state.unsettled_at,
         idle_since=idle_since,
         observed_since=_keep(state.observed_since, now),
+        per_instance=(*per_instance, (now, concurrency / ctx.ready)) if ctx.ready else per_instance,
     )
 
 
@@ -239,30 +247,33 @@ def measure(
         saturation=now_c / (max(ctx.ready, 1) * max(ctx.capacity_per_instance, 1)),
         idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
         breach=breach,
+        settled=settled,
     )
 
 
 def learn(
-    estimate: float | None, ctx: ScalingContext, snap: LoadSnapshot, sig: Signals,
-    breach_lasted: bool, config: PolicyConfig,
-) -> float | None:  # fmt: skip
-    """The capacity estimate (concurrency per instance within the SLO) after this pass."""
-    preset = float(max(ctx.capacity_per_instance, 1))
-    current = preset if estimate is None else estimate
-    if ctx.ready < 1:
-        return estimate
-    per_instance = snap.in_flight / ctx.ready
-    if snap.engine_waiting and snap.engine_waiting > 0:
-        running = (snap.in_flight - snap.engine_waiting) / ctx.ready
-        current = min(current, max(1.0, running))  # the engines hold fewer than admitted
-    if breach_lasted and per_instance > 0:
-        current = min(current, max(1.0, per_instance * config.breach_backoff))
-    elif (
-        sig.ratio is not None and sig.ratio <= 1 and not snap.engine_waiting
-        and per_instance >= current * config.target_utilisation
-    ):  # fmt: skip
-        current += config.estimate_alpha * (preset - current)
-    return None if current >= preset else current
+    state: ScalingState, ctx: ScalingContext, snap: LoadSnapshot, sig: Signals,
+    config: PolicyConfig,
+) -> tuple[CapacityCurve, float | None]:  # fmt: skip
+    """The capacity curve after this pass, and the concurrency per instance it puts within
+    the SLO (:mod:`scaler.capacity`); without enough samples, the one stored with the model,
+    else None (the preset's)."""
+    preset = max(ctx.capacity_per_instance, 1)
+    curve = state.curve or CapacityCurve.for_preset(preset)
+    if ctx.ready >= 1:
+        waiting = None if snap.engine_waiting is None else snap.engine_waiting / ctx.ready
+        full = engine_full(snap.in_flight / ctx.ready, waiting, snap.kv_usage)
+        if full is not None:
+            curve = observe_sample(curve, *full)
+        elif sig.ratio is not None and sig.settled and sig.now > 0:
+            # The latency is the window's: paired with the window's concurrency per instance.
+            per_instance = _mean(state.per_instance, ctx.now - config.latency_window_s)
+            tokens = None if snap.tokens_per_s is None else snap.tokens_per_s / ctx.ready
+            curve = observe_sample(curve, per_instance, sig.ratio, tokens)
+    learnt = estimate(curve, preset)
+    if learnt is None and ctx.known_capacity is not None:
+        learnt = min(ctx.known_capacity, float(preset))
+    return curve, learnt
 
 
 def per_instance_target(ctx: ScalingContext, estimate: float | None, config: PolicyConfig) -> float:
@@ -339,8 +350,9 @@ def decide(
     now = ctx.now
     state = replace(state, breach_since=_keep(state.breach_since, now) if sig.breach else None)
     breach_lasted = sig.breach and now - _keep(state.breach_since, now) >= config.upscale_delay_s
-    estimate = learn(state.capacity_estimate, ctx, snap, sig, breach_lasted, config)
-    state = replace(state, capacity_estimate=estimate)
+    curve, learnt = learn(state, ctx, snap, sig, config)
+    state = replace(state, curve=curve, capacity_estimate=learnt)
+    estimate = learnt
     stage, wanted = recommend(ctx, sig, estimate, breach_lasted, config)
     kept = tuple((t, n) for t, n in state.recommendations if t > now - config.scale_in_hold_s)
     state = replace(state, recommendations=(*kept, (now, wanted)))
