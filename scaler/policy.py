@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from domain.records import within_bounds
-from scaler.capacity import CapacityCurve, engine_full, estimate, observe_sample
+from scaler.capacity import TOLERANCE, CapacityCurve, engine_full, estimate, observe_sample
 from scaler.metrics import LoadSnapshot
 
 Inputs = Mapping[str, float | int | str | None]
@@ -266,8 +266,13 @@ def learn(
         if full is not None:
             curve = observe_sample(curve, *full)
         elif sig.ratio is not None and sig.settled and sig.now > 0:
-            # The latency is the window's: paired with the window's concurrency per instance.
-            per_instance = _mean(state.per_instance, ctx.now - config.latency_window_s)
+            # The latency is the window's: a miss is paired with the window's mean concurrency
+            # per instance, a met SLO only with its lowest (while instances are added, the
+            # window's earlier, higher concurrency did not all meet it).
+            window = ctx.now - config.latency_window_s
+            seen = [c for t, c in state.per_instance if t > window]
+            missed = sig.ratio > 1 + TOLERANCE
+            per_instance = _mean(state.per_instance, window) if missed else min(seen)
             tokens = None if snap.tokens_per_s is None else snap.tokens_per_s / ctx.ready
             curve = observe_sample(curve, per_instance, sig.ratio, tokens)
     learnt = estimate(curve, preset)
