@@ -7,8 +7,9 @@ the step's token budget (``max_num_batched_tokens``) lasts and the free KV block
 sequence's context plus one token. A decoding sequence grows its blocks as it generates; when
 none are free the newest running sequence is preempted back to the head of the queue and
 recomputes its context when readmitted. A step costs ``prefill_ms_per_token`` per uncached
-prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch + decode_ms_per_context_token *
-context`` (the decoding sequences' KV read, as vLLM's memory-bound decode); in the
+prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch`` plus
+``decode_ms_per_context_token`` per context token the decoding sequences hold (their KV cache
+read each step: vLLM's decode is memory-bound); in the
 fixed-latency mode (``fixed_itl_ms``) the decode part is ``fixed_itl_ms`` whatever the batch,
 and ``fixed_ttft_ms`` holds a sequence in the queue until its first token is due.
 
