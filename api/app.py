@@ -30,11 +30,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
+from api.chat_job_executor.pressure_report import PressureReporter
 from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.routes import chat, health, keys, metrics, models
+from api.routes import scaler as scaler_routes
 from api.server import client_disconnects
 from api.services.keys import KeyService
 from api.services.models import ModelService
@@ -135,6 +137,8 @@ def create_app(
     if Role.FRONTEND in roles:
         app.include_router(models.router)
         app.include_router(keys.router)
+    if Role.TASK_EXECUTOR_MANAGER in roles:
+        app.include_router(scaler_routes.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
         served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
@@ -242,6 +246,17 @@ def build_roles(
         changes.add(chat.notify_change)
         state.inference = chat
         built.append(chat)
+        not_here = Role.TASK_EXECUTOR_MANAGER not in roles
+        if settings.scaler_url and settings.scale_pressure_pass_s > 0 and not_here:
+            # The manager is another process: pressure reaches it over HTTP.
+            reporter = PressureReporter(
+                settings.scaler_url,
+                min_gap_s=settings.scale_pressure_pass_s,
+                admin_key=settings.admin_secret(),
+            )
+            nudges.append(reporter.report)
+            state.pressure_reporter = reporter
+            built.append(reporter)
     if Role.FRONTEND in roles:
         frontend = _frontend(settings, store, chat, changes.notify)
         state.model_service, state.inference = frontend.models, frontend.inference
@@ -256,6 +271,7 @@ def build_roles(
         source = _metrics_source(settings, state.registry if chat else None, peers or [])
         manager = _task_executor_manager(settings, store, source, changes.notify, state)
         nudges.append(manager.nudge)
+        state.manager = manager
         built.append(manager)
     return built
 
