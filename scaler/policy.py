@@ -2,8 +2,9 @@
 
 ``decide(context, state)`` → ``(Decision, new state)``. No I/O and no clock: ``now`` is in the
 context, so tests step it. Replicas are sized from **concurrency**, as Knative's KPA does:
-requests in flight plus queued at the gateway, against what one instance serves at once (the
-engine's ``max-num-seqs``, or less where the SLO says so) at a target utilisation. Concurrency
+requests in flight plus queued at the gateway, against what one instance holds within the SLO
+(measured: :mod:`scaler.capacity`; the engine's ``max-num-seqs`` until it is) at a target
+utilisation. Concurrency
 leads latency: it rises the moment a burst arrives, while latency grows only once a queue has
 built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity.
 
@@ -14,12 +15,14 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    data). Idle: nothing in flight or queued, the spell counted from the last pass
    before the last answer (the gateway's count answered, or its rate, changed since it).
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
-   within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
-   ``upscale_delay_s`` with no queue at the gateway, nor instances added for a breach, over the
-   last ``latency_window_s`` (so the latency is the engines' now, not a queue's that has since
-   cleared or from before the last step) lowers it below the
-   concurrency at which it happened; engines queueing internally lower it to what they run.
-   Meeting the SLO at that concurrency raises it back toward the preset's.
+   within the SLO, read from a curve of the SLO ratio by concurrency per instance
+   (:mod:`scaler.capacity`). Each pass adds a sample: the window's ratio at the window's
+   concurrency per ready instance (its mean for a miss, its lowest for a met SLO), when no queue
+   at the gateway nor instances added for a breach disturbed the latency window; or, where the
+   engines queue inside or fill their KV cache, a miss at what they were given. A miss moves the
+   estimate at the pass that sees it. Until the curve says anything, the capacity stored with
+   the model (learnt earlier, profiled, or a peer's of the same preset and resource type:
+   ``known_capacity``), else the preset's ``capacity_per_instance``.
 3. **Recommendation** (:func:`recommend`), by stage:
 
    - *panic*: more concurrency (now, or over the panic window) than the ready instances hold
