@@ -35,6 +35,7 @@ from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
+from api.profiling import ProfileOnReady
 from api.routes import chat, health, keys, metrics, models
 from api.routes import scaler as scaler_routes
 from api.server import client_disconnects
@@ -44,6 +45,7 @@ from api.store import open_store
 from api.store.pool import StorePool
 from domain.deployment import Deployer
 from domain.presets import instance_capacity
+from domain.records import ModelRecord
 from domain.settings import Settings
 from domain.store import ModelStore
 from scaler import GatewaySource, MetricsSource, PolicyConfig, PrometheusSource, TaskExecutorManager
@@ -202,8 +204,7 @@ def _gateway_addresses(settings: Settings, roles: frozenset[Role]) -> list[str]:
     """Where this process serves inference, as Prometheus on this machine reaches it."""
     if not _runs_chat_job_executor(settings, roles):
         return []
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return [f"http://{host}:{settings.port}"]
+    return [_own_address(settings)]
 
 
 class _Listeners:
@@ -264,7 +265,14 @@ def build_roles(
     if Role.MODEL_JOB_EXECUTOR in roles:
         # What the executor observes (ACTIVE, endpoints) reaches routing at once.
         on_observed = chat.notify_change if chat else lambda: None
-        executor = _model_job_executor(settings, store, deployer_factory(settings), on_observed)
+        on_serving = None
+        if settings.profile_on_ready:
+            gateway = settings.chat_executor_url or _own_address(settings)
+            on_serving = ProfileOnReady(store, settings, gateway)
+            built.append(on_serving)
+        executor = _model_job_executor(
+            settings, store, deployer_factory(settings), on_observed, on_serving
+        )
         changes.add(executor.notify_change)
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
@@ -286,9 +294,15 @@ def _frontend(
     return Frontend(registry, inference=chat, settings=settings)
 
 
+def _own_address(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def _model_job_executor(
-    settings: Settings, store: ModelStore, deployer: Deployer, on_observed: Callable[[], None]
-) -> ModelJobExecutor:
+    settings: Settings, store: ModelStore, deployer: Deployer, on_observed: Callable[[], None],
+    on_serving: Callable[[ModelRecord], None] | None = None,
+) -> ModelJobExecutor:  # fmt: skip
     return ModelJobExecutor(
         store,
         deployer,
@@ -296,6 +310,7 @@ def _model_job_executor(
         lease_ttl_s=settings.lease_ttl_s,
         retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         on_observed=on_observed,
+        on_serving=on_serving or (lambda record: None),
     )
 
 

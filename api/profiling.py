@@ -1,5 +1,8 @@
 """``aif profile MODEL``: measure a serving model's capacity at the SLO and keep it.
 
+With ``AIF_PROFILE_ON_READY``, the model-job-executor does the same once for each model it sees
+serving with no capacity measured yet (:class:`ProfileOnReady`).
+
 Reads the model from the store (by name or id), drives a short profile through the gateway
 (:mod:`scaler.profile`: concurrency doubling until the SLO is missed, over the model's ready
 instances) and writes the result to the record's ``scaling.capacity`` (``source`` "profile"),
@@ -10,6 +13,8 @@ profile could not answer a single request.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 
 from api.errors import ModelNotFound, ModelNotReady
@@ -17,7 +22,16 @@ from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
 from domain.store import ModelStore, rewrite
-from scaler.profile import Level, Profile, ProfileTarget, profile
+from scaler.profile import (
+    DEFAULT_OUTPUT_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    Level,
+    Profile,
+    ProfileTarget,
+    profile,
+)
+
+logger = logging.getLogger(__name__)
 
 SERVING = frozenset({ModelStatus.ACTIVE, ModelStatus.UPDATING})
 
@@ -79,13 +93,59 @@ async def profile_model(
     return result
 
 
+class ProfileOnReady:
+    """The model-job-executor's ``on_serving``: profile each model once, the first time it is
+    seen serving without a measured capacity, through ``gateway_url``; in the background, one
+    model at a time, so reconciling never waits for it."""
+
+    def __init__(self, store: ModelStore, settings: Settings, gateway_url: str) -> None:
+        self._store = store
+        self._settings = settings
+        self._url = gateway_url
+        self._seen: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._one_at_a_time = asyncio.Lock()
+
+    def __call__(self, record: ModelRecord) -> None:
+        if record.id in self._seen or record.scaling.capacity.source:
+            return
+        self._seen.add(record.id)
+        task = asyncio.get_running_loop().create_task(self._profile(record.id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _profile(self, model_id: str) -> None:
+        async with self._one_at_a_time:
+            try:
+                result = await profile_model(
+                    self._store, self._settings, model_id, self._url,
+                    api_key=self._settings.admin_secret(), step_s=self._settings.profile_step_s,
+                    prompt_tokens=DEFAULT_PROMPT_TOKENS, output_tokens=DEFAULT_OUTPUT_TOKENS,
+                )  # fmt: skip
+            except Exception:
+                logger.exception("profiling model %s failed; it is scaled without it", model_id)
+                return
+        capacity = result.capacity
+        logger.info(
+            "profiled model=%s capacity_per_instance=%s tokens_per_s=%s levels=%d",
+            model_id, capacity.concurrency_per_instance, capacity.tokens_per_s,
+            len(result.levels),
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def run_profile_command(
     settings: Settings, ref: str, url: str, api_key: str | None, step_s: float,
     prompt_tokens: int, output_tokens: int,
 ) -> int:  # fmt: skip
     """``aif profile``: one line per level, the result, the exit code."""
-    import asyncio
-
     from rich.console import Console
 
     from api.errors import AifError

@@ -156,6 +156,10 @@ class Settings(ClusterConfig, BaseSettings):
     # capacity), a pass for that model comes this soon after the last one instead of at the
     # next interval (0: only the interval).
     scale_pressure_pass_s: float = Field(default=0.2, ge=0)
+    # model-job-executor: profile a model's capacity at the SLO once its first instance serves
+    # (``aif profile`` through the gateway), when it has none measured yet; the load is real.
+    profile_on_ready: bool = False
+    profile_step_s: float = Field(default=10.0, gt=0)
     # chat-job-executor in its own process: the task-executor-manager to report a model at
     # capacity to (``POST {scaler_url}/v1/scaler/pressure``), so its pass comes as soon as in
     # one process. "": no report (the manager sees the load at its next interval).
