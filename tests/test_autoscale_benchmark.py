@@ -46,7 +46,7 @@ def test_replayed_lengths_fit_the_model_and_prompts_have_their_token_counts(
 ) -> None:
     trace = azure_trace(_csv(tmp_path), start_s=0.0, duration_s=60.0, seed=1)
     assert [round(a.at_s, 1) for a in trace] == [0.0, 0.5, 2.0, 10.0]
-    assert [len(a.prompt.split()) for a in trace][0] == 374 and trace[0].max_tokens == 44
+    assert len(trace[0].prompt.split()) == 374 and trace[0].max_tokens == 44
     long = trace[1]
     assert long.max_tokens == MAX_CONTEXT_TOKENS // 2
     assert len(long.prompt.split()) + long.max_tokens <= MAX_CONTEXT_TOKENS
@@ -59,7 +59,7 @@ def test_every_shape_builds_sorted_arrivals_within_its_length(name: str) -> None
     trace, length_s, described = build_trace(name, 8, True, AZURE_CSV, 0.0)
     assert trace and all(0 <= a.at_s < length_s for a in trace)
     assert [a.at_s for a in trace] == sorted(a.at_s for a in trace)
-    assert name in described or name == "azure" and "azure2023_conv" in described
+    assert (name if name != "azure" else "azure2023_conv") in described
     if name in SHAPES:
         assert length_s == pytest.approx(sum(p.duration_s for p in SHAPES[name]) / 10)
 
