@@ -1,8 +1,8 @@
-"""Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick]``.
+"""Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick] [--trace T]``.
 
-Replays one seeded bursty trace (Poisson arrivals; phases low → high → low → spike → low, 440 s:
-44 windows of 10 s, as the issue's own evaluation) against ``aif serve`` four times in one
-run, with a fresh server and data dir each time (``--config`` runs some of them only):
+Replays one trace (``--trace``, 440 s: 44 windows of 10 s, as the issue's own evaluation)
+against ``aif serve`` once per configuration, with a fresh server and data dir each time
+(``--config`` runs some of them only):
 
 * ``aif policy`` (``policy``): the model at ``min_instance`` 1, ``max_instance`` 6, scaled by
   aif with its defaults;
@@ -11,12 +11,20 @@ run, with a fresh server and data dir each time (``--config`` runs some of them 
 * ``static max``: min = max = 6;
 * ``static min``: min = max = 1.
 
+Traces: ``seeded`` (Poisson arrivals; phases low → high → low → spike → low, prompts of 20-60
+words, 64-192 tokens out), ``ramp`` (1 → 10 req/s and back), ``plateau`` (9 req/s for 300 s),
+``bursty`` (2 req/s with bursts of 12-15 req/s), their lengths drawn from the Azure trace; and
+``azure``: a 440 s slice (``--azure-start-s``) of ``azure2023_conv.csv`` (Azure LLM inference
+trace 2023, conversation; CC-BY 4.0) replayed open-loop with its own prompt and output lengths.
+
 The engines are the simulator with the ``DeepSeek-R1-Distill-Qwen-7B`` preset's own latency
-model (a decode step of 12 ms plus 0.05 ms per running sequence, plus prefill), each instance
-holding ``MAX_NUM_SEQS`` sequences at once, so one instance serves about 2.5 requests/s of
-128 tokens: well below the high phase (5/s), while six serve about 15/s, well above the
-spike (10/s). aif's admission matches (``AIF_MAX_IN_FLIGHT_PER_INSTANCE``) and its wait queue
-is deep, so an overload shows as time to first token rather than as 429s.
+model (a decode step of 12 ms plus 0.05 ms per running sequence and 0.0001 ms per context token
+they hold, plus 0.06 ms per prefilled token) and, by default, the preset's own engine arguments
+(``--max-num-seqs 256``), so an instance misses the SLO well before 256 sequences run (with
+Azure's lengths, at a few tens). ``--max-num-seqs N`` starts them with N instead (and aif's
+admission matches: the earlier benchmark's 4, where concurrency over max-num-seqs was the
+saturation signal). aif's wait queue is deep, so an overload shows as time to first token
+rather than as 429s.
 
 Per configuration it prints: the fraction of 10 s windows (by arrival) whose client-side p95
 TTFT (first content chunk) is at most 1000 ms and p95 TPOT, per request
