@@ -223,10 +223,17 @@ def read_azure(path: Path, start_s: float, duration_s: float) -> list[tuple[floa
     return rows
 
 
+# Three-letter words: with the space, four characters, one token as the simulator counts them
+# (and one in a real tokenizer), so a prompt of N words is N tokens, as the trace says.
+TOKEN_WORDS = tuple(["the", "and", "for", "are", "not", "but", "all", "any", "can", "had", "one", "our", "out", "day", "get", "has", "him"])
+# The chat template's own tokens, left out of the prompt's share of max-model-len.
+TEMPLATE_TOKENS = 64
+
+
 def _arrival(rng: random.Random, at_s: float, prompt_tokens: int, output_tokens: int) -> Arrival:
     output = max(2, min(output_tokens, MAX_CONTEXT_TOKENS // 2))
-    prompt = max(1, min(prompt_tokens, MAX_CONTEXT_TOKENS - output))
-    return Arrival(at_s, output, " ".join(rng.choice(WORDS) for _ in range(prompt)))
+    prompt = max(1, min(prompt_tokens, MAX_CONTEXT_TOKENS - output - TEMPLATE_TOKENS))
+    return Arrival(at_s, output, " ".join(rng.choice(TOKEN_WORDS) for _ in range(prompt)))
 
 
 def azure_trace(path: Path, start_s: float, duration_s: float, seed: int) -> list[Arrival]:

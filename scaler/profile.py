@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ DEFAULT_OUTPUT_TOKENS = 128
 DEFAULT_STEP_S = 10.0
 # A request of a level still running this long past the level's end is cut (and counts).
 REQUEST_TIMEOUT_S = 120.0
-PROMPT_WORD = "hello"
+# Three-letter words (four characters with the space: one token as the simulator counts, and
+# in real tokenizers), drawn afresh per request so no prompt hits another's prefix cache.
+PROMPT_WORDS = ("the", "and", "for", "are", "not", "but", "all", "any", "can", "had", "one")
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,18 @@ async def run_level(
     prompt_tokens: int, output_tokens: int,
 ) -> Level:  # fmt: skip
     """``concurrency`` closed-loop clients for ``step_s``; the answers started within it."""
-    body = {
-        "model": target.model,
-        "messages": [{"role": "user", "content": " ".join([PROMPT_WORD] * prompt_tokens)}],
-        "max_tokens": output_tokens,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    rng = random.Random(concurrency)
+
+    def body() -> dict[str, object]:
+        words = " ".join(rng.choice(PROMPT_WORDS) for _ in range(prompt_tokens))
+        return {
+            "model": target.model,
+            "messages": [{"role": "user", "content": words}],
+            "max_tokens": output_tokens,
+            "ignore_eos": True,
+            "stream": True,
+        }
+
     level = Level(concurrency)
     ttfts: list[float] = []
     tpots: list[float] = []
@@ -124,7 +132,7 @@ async def run_level(
         while loop.time() < ends:
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    result = await _stream(client, target, body)
+                    result = await _stream(client, target, body())
             except (httpx.HTTPError, TimeoutError, ValueError):
                 result = None
             if result is None:
