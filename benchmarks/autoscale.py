@@ -225,7 +225,10 @@ def read_azure(path: Path, start_s: float, duration_s: float) -> list[tuple[floa
 
 # Three-letter words: with the space, four characters, one token as the simulator counts them
 # (and one in a real tokenizer), so a prompt of N words is N tokens, as the trace says.
-TOKEN_WORDS = tuple(["the", "and", "for", "are", "not", "but", "all", "any", "can", "had", "one", "our", "out", "day", "get", "has", "him"])
+TOKEN_WORDS = (
+    "the", "and", "for", "are", "not", "but", "all", "any", "can",
+    "had", "one", "our", "out", "day", "get", "has", "him",
+)  # fmt: skip
 # The chat template's own tokens, left out of the prompt's share of max-model-len.
 TEMPLATE_TOKENS = 64
 
