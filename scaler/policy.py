@@ -33,7 +33,8 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    - *steady*: ``ceil(mean concurrency / (estimate * target_utilisation))`` over the stable
      window and the panic window, whichever is higher, at least one, and with
      ``burst_capacity`` at least ``ceil((stable mean + burst_capacity) / estimate)``: up at
-     once; down as the burst leaves the stable window.
+     once; down as the burst leaves the stable window, and only once the demand fits the
+     fewer instances at ``scale_in_band`` of the target (no flapping at a boundary).
    - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
      last answer, not from when its latency leaves the window): toward ``min_instance``,
      which may be 0. Until then an idle model is *steady*, and gives back instances as any.
@@ -79,6 +80,9 @@ class PolicyConfig:
     max_step_up: int = 4
     # Instances removed at most per decision.
     max_step_down: int = 1
+    # Scale-in only once the demand fits the fewer instances at this fraction of the target
+    # (hysteresis: a demand hovering at the boundary between two counts does not reverse).
+    scale_in_band: float = 0.85
     # Within 10% over target is noise, not a reason to lower the estimate.
     upscale_tolerance: float = 0.1
     # A breach of the SLO with the concurrency fitting must last this long to count.
@@ -301,7 +305,11 @@ def recommend(
     burst = max(sig.now, sig.panic_mean)
     if burst > holds:
         return "panic", max(math.ceil(burst / target), 1)
-    steady = max(math.ceil(max(sig.stable_mean, sig.panic_mean) / target), 1)
+    demand = max(sig.stable_mean, sig.panic_mean)
+    steady = max(math.ceil(demand / target), 1)
+    if steady < ctx.replicas:
+        # Fewer only with room to spare: demand hovering at a boundary does not flap.
+        steady = max(steady, math.ceil(demand / (target * config.scale_in_band)))
     if config.burst_capacity > 0:
         whole = float(ctx.capacity_per_instance) if estimate is None else estimate
         spare = math.ceil((sig.stable_mean + config.burst_capacity) / max(whole, 1e-9))

@@ -324,3 +324,14 @@ def test_histogram_quantile_matches_prometheus(
         assert result is None
     else:
         assert result == pytest.approx(expected)
+
+
+def test_demand_hovering_at_a_boundary_does_not_flap() -> None:
+    """12 and 15 in flight by turns (7 per instance at the target: 2 instances hold 14): the
+    model keeps 3 instead of going 3 → 2 → 3 with each swing."""
+    model = Model(replicas=3)
+    seen = []
+    for t in range(0, 400):
+        in_flight = 12 if (t // 40) % 2 == 0 else 15
+        seen.append(model.step(t, load(in_flight=in_flight, ratio=None)).replicas)
+    assert set(seen) == {3}
