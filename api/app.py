@@ -31,11 +31,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.accelerators import Accelerators, InventoryCollector
 from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
+from api.chat_job_executor.pressure_report import PressureReporter
 from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
+from api.profiling import ProfileOnReady
 from api.routes import accelerators, chat, health, keys, metrics, models
+from api.routes import scaler as scaler_routes
 from api.server import client_disconnects
 from api.services.keys import KeyService
 from api.services.models import ModelService
@@ -43,6 +46,7 @@ from api.store import open_store
 from api.store.pool import StorePool
 from domain.deployment import Deployer
 from domain.presets import instance_capacity
+from domain.records import ModelRecord
 from domain.settings import Settings
 from domain.store import ModelStore
 from scaler import GatewaySource, MetricsSource, PolicyConfig, PrometheusSource, TaskExecutorManager
@@ -137,6 +141,8 @@ def create_app(
         app.include_router(models.router)
         app.include_router(keys.router)
         app.include_router(accelerators.router)
+    if Role.TASK_EXECUTOR_MANAGER in roles:
+        app.include_router(scaler_routes.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
         served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
@@ -200,8 +206,7 @@ def _gateway_addresses(settings: Settings, roles: frozenset[Role]) -> list[str]:
     """Where this process serves inference, as Prometheus on this machine reaches it."""
     if not _runs_chat_job_executor(settings, roles):
         return []
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return [f"http://{host}:{settings.port}"]
+    return [_own_address(settings)]
 
 
 class _Listeners:
@@ -244,6 +249,17 @@ def build_roles(
         changes.add(chat.notify_change)
         state.inference = chat
         built.append(chat)
+        not_here = Role.TASK_EXECUTOR_MANAGER not in roles
+        if settings.scaler_url and settings.scale_pressure_pass_s > 0 and not_here:
+            # The manager is another process: pressure reaches it over HTTP.
+            reporter = PressureReporter(
+                settings.scaler_url,
+                min_gap_s=settings.scale_pressure_pass_s,
+                admin_key=settings.admin_secret(),
+            )
+            nudges.append(reporter.report)
+            state.pressure_reporter = reporter
+            built.append(reporter)
     if Role.FRONTEND in roles:
         frontend = _frontend(settings, store, chat, changes.notify)
         state.model_service, state.inference = frontend.models, frontend.inference
@@ -251,14 +267,20 @@ def build_roles(
     if Role.MODEL_JOB_EXECUTOR in roles:
         # What the executor observes (ACTIVE, endpoints) reaches routing at once.
         on_observed = chat.notify_change if chat else lambda: None
+        on_serving = None
+        if settings.profile_on_ready:
+            gateway = settings.chat_executor_url or _own_address(settings)
+            on_serving = ProfileOnReady(store, settings, gateway)
+            built.append(on_serving)
         deployer = _deployer(settings, store, deployer_factory, state)
-        executor = _model_job_executor(settings, store, deployer, on_observed)
+        executor = _model_job_executor(settings, store, deployer, on_observed, on_serving)
         changes.add(executor.notify_change)
         built.append(executor)
     if Role.TASK_EXECUTOR_MANAGER in roles:
         source = _metrics_source(settings, state.registry if chat else None, peers or [])
         manager = _task_executor_manager(settings, store, source, changes.notify, state)
         nudges.append(manager.nudge)
+        state.manager = manager
         built.append(manager)
     return built
 
@@ -290,9 +312,15 @@ def _deployer(
     return LocalDeployer(settings, accelerators=inventory)
 
 
+def _own_address(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def _model_job_executor(
-    settings: Settings, store: ModelStore, deployer: Deployer, on_observed: Callable[[], None]
-) -> ModelJobExecutor:
+    settings: Settings, store: ModelStore, deployer: Deployer, on_observed: Callable[[], None],
+    on_serving: Callable[[ModelRecord], None] | None = None,
+) -> ModelJobExecutor:  # fmt: skip
     return ModelJobExecutor(
         store,
         deployer,
@@ -300,6 +328,7 @@ def _model_job_executor(
         lease_ttl_s=settings.lease_ttl_s,
         retry=RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         on_observed=on_observed,
+        on_serving=on_serving or (lambda record: None),
     )
 
 

@@ -348,6 +348,27 @@ def _key_table(keys: list[ApiKey]) -> Table:
     return table
 
 
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="The model's name or id; it must be serving.")],
+    url: Annotated[
+        str, typer.Option("--url", help="The gateway (or an engine) to drive.")
+    ] = "http://127.0.0.1:8000",
+    step_s: Annotated[float, typer.Option("--step-s", help="Seconds per level.")] = 10.0,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens")] = 1000,
+    output_tokens: Annotated[int, typer.Option("--output-tokens")] = 128,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="AIF_API_KEY")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Measure the concurrency one instance holds within the SLO and keep it with the model."""
+    from api.profiling import run_profile_command
+
+    code = run_profile_command(
+        _settings(data_dir=data_dir), model, url, api_key, step_s, prompt_tokens, output_tokens
+    )
+    raise typer.Exit(code)
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="What the key is for, e.g. the application.")],

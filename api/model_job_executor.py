@@ -63,6 +63,7 @@ class ModelJobExecutor:
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         on_observed: Callable[[], None] = lambda: None,
+        on_serving: Callable[[ModelRecord], None] = lambda record: None,
     ) -> None:
         self._store = store
         self._deployer = deployer
@@ -72,6 +73,8 @@ class ModelJobExecutor:
         self.owner = owner or new_owner_id()
         self._clock = clock
         self._on_observed = on_observed
+        # Told of every model it observes serving (e.g. to profile it once).
+        self._on_serving = on_serving
         self._changed = Wakeup()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_MODELS)
@@ -160,7 +163,9 @@ class ModelJobExecutor:
             error = DeployerError(state.message or "the deployment failed", reason=state.reason)
             await asyncio.to_thread(self._record_failure, record, error, state)
             return
-        await asyncio.to_thread(self._record_observation, spec, state)
+        stored = await asyncio.to_thread(self._record_observation, spec, state)
+        if stored is not None and stored.status is ModelStatus.ACTIVE and stored.ready_instances:
+            self._on_serving(stored)
         if state.phase is Phase.PROGRESSING and not state.reason:
             # Waiting for cards (a reason) is not a start to watch closely: the interval will do.
             asyncio.get_running_loop().call_later(PROGRESS_POLL_S, self._changed.set)
@@ -212,7 +217,9 @@ class ModelJobExecutor:
 
             self._mutate(record.id, release)
 
-    def _record_observation(self, spec: DeploymentSpec, state: DeploymentState) -> None:
+    def _record_observation(
+        self, spec: DeploymentSpec, state: DeploymentState
+    ) -> ModelRecord | None:
         def observe(record: ModelRecord) -> bool:
             before = record.model_dump(include=_OBSERVED)
             record.ready_instances = state.ready_replicas
@@ -225,7 +232,7 @@ class ModelJobExecutor:
                 record.touch()
             return changed
 
-        self._mutate(spec.model_id, observe)
+        return self._mutate(spec.model_id, observe)
 
     def _record_failure(
         self, seen: ModelRecord, error: DeployerError, state: DeploymentState | None = None

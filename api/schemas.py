@@ -265,12 +265,32 @@ class SloPublic(BaseModel):
     target_time_per_output_token_p95: int | float
 
 
+class CapacityPublic(BaseModel):
+    concurrency_per_instance: float | None = Field(
+        default=None,
+        description="requests in flight one instance holds within the SLO (null: not measured)",
+    )
+    tokens_per_s: float | None = Field(
+        default=None, description="generated tokens per second one instance sustains there"
+    )
+    source: str = Field(default="", description="learnt, profile or preset ('' : none yet)")
+    samples: int = 0
+    measured_at: datetime | None = None
+
+    @field_serializer("measured_at")
+    def _timestamp(self, value: datetime | None) -> str | None:
+        return format_timestamp(value) if value is not None else None
+
+
 class ScalingPublic(BaseModel):
     decided_at: datetime | None
     from_replicas: int
     to_replicas: int
     reason: str
     inputs: dict[str, float | int | str | None]
+    capacity: CapacityPublic = Field(
+        default_factory=CapacityPublic, description="what one instance sustains within the SLO"
+    )
 
     @field_serializer("decided_at")
     def _timestamp(self, value: datetime | None) -> str | None:

@@ -1,8 +1,8 @@
-"""Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick]``.
+"""Benchmark of the SLO control loop: ``python benchmarks/autoscale.py [--quick] [--trace T]``.
 
-Replays one seeded bursty trace (Poisson arrivals; phases low → high → low → spike → low, 440 s:
-44 windows of 10 s, as the issue's own evaluation) against ``aif serve`` four times in one
-run, with a fresh server and data dir each time (``--config`` runs some of them only):
+Replays one trace (``--trace``, 440 s: 44 windows of 10 s, as the issue's own evaluation)
+against ``aif serve`` once per configuration, with a fresh server and data dir each time
+(``--config`` runs some of them only):
 
 * ``aif policy`` (``policy``): the model at ``min_instance`` 1, ``max_instance`` 6, scaled by
   aif with its defaults;
@@ -11,12 +11,20 @@ run, with a fresh server and data dir each time (``--config`` runs some of them 
 * ``static max``: min = max = 6;
 * ``static min``: min = max = 1.
 
+Traces: ``seeded`` (Poisson arrivals; phases low → high → low → spike → low, prompts of 20-60
+words, 64-192 tokens out), ``ramp`` (1 → 10 req/s and back), ``plateau`` (9 req/s for 300 s),
+``bursty`` (2 req/s with bursts of 12-15 req/s), their lengths drawn from the Azure trace; and
+``azure``: a 440 s slice (``--azure-start-s``) of ``azure2023_conv.csv`` (Azure LLM inference
+trace 2023, conversation; CC-BY 4.0) replayed open-loop with its own prompt and output lengths.
+
 The engines are the simulator with the ``DeepSeek-R1-Distill-Qwen-7B`` preset's own latency
-model (a decode step of 12 ms plus 0.05 ms per running sequence, plus prefill), each instance
-holding ``MAX_NUM_SEQS`` sequences at once, so one instance serves about 2.5 requests/s of
-128 tokens: well below the high phase (5/s), while six serve about 15/s, well above the
-spike (10/s). aif's admission matches (``AIF_MAX_IN_FLIGHT_PER_INSTANCE``) and its wait queue
-is deep, so an overload shows as time to first token rather than as 429s.
+model (a decode step of 12 ms plus 0.05 ms per running sequence and 0.0001 ms per context token
+they hold, plus 0.06 ms per prefilled token) and, by default, the preset's own engine arguments
+(``--max-num-seqs 256``), so an instance misses the SLO well before 256 sequences run (with
+Azure's lengths, at a few tens). ``--max-num-seqs N`` starts them with N instead (and aif's
+admission matches: the earlier benchmark's 4, where concurrency over max-num-seqs was the
+saturation signal). aif's wait queue is deep, so an overload shows as time to first token
+rather than as 429s.
 
 Per configuration it prints: the fraction of 10 s windows (by arrival) whose client-side p95
 TTFT (first content chunk) is at most 1000 ms and p95 TPOT, per request
@@ -69,7 +77,10 @@ MODEL_NAME = "bench"
 MODEL_TYPE = "DeepSeek-R1-Distill-Qwen-7B"
 GATEWAY_CORE = 0
 LOAD_CORE = 1
-MAX_NUM_SEQS = 4
+# --max-num-seqs: engines started with the preset's own arguments unless set (4 was the
+# earlier benchmark's setting, where concurrency over max-num-seqs was the saturation signal).
+TRACES_DIR = REPO.parent / "shared" / "traces"
+AZURE_CSV = TRACES_DIR / "azure2023_conv.csv"
 TTFT_TARGET_MS = 1000
 TPOT_TARGET_MS = 50
 WINDOW_S = 10.0
@@ -177,6 +188,102 @@ def make_trace(phases: tuple[Phase, ...], seed: int) -> list[Arrival]:
     return arrivals
 
 
+# Trace shapes beyond the seeded one (440 s each), with prompt and output lengths drawn from
+# the Azure conversation trace so the engines run production-like lengths.
+SHAPES: dict[str, tuple[Phase, ...]] = {
+    "ramp": tuple(Phase(f"ramp {r:g}/s", r, 22) for r in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)) +
+            tuple(Phase(f"down {r:g}/s", r, 22) for r in (9, 7, 5, 3, 1)) + (Phase("low", 1, 110),),
+    "plateau": (Phase("low", 1.0, 60), Phase("plateau", 9.0, 300), Phase("low", 1.0, 80)),
+    "bursty": (Phase("low", 2.0, 40), Phase("burst", 12.0, 20), Phase("low", 2.0, 60),
+               Phase("burst", 12.0, 30), Phase("low", 2.0, 50), Phase("burst", 15.0, 20),
+               Phase("low", 2.0, 220)),
+}  # fmt: skip
+TRACE_CHOICES = ("seeded", *SHAPES, "azure")
+AZURE_SLICE_S = 440.0
+# Longest prompt + output replayed: within the preset's max-model-len (8192).
+MAX_CONTEXT_TOKENS = 8000
+
+
+def read_azure(path: Path, start_s: float, duration_s: float) -> list[tuple[float, int, int]]:
+    """(seconds from the slice's start, prompt tokens, output tokens) of the CSV's requests
+    arriving within ``[start_s, start_s + duration_s)`` of its first one."""
+    import csv
+
+    rows: list[tuple[float, int, int]] = []
+    origin: float | None = None
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            at = datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp()
+            origin = at if origin is None else origin
+            offset = at - origin - start_s
+            if offset >= duration_s:
+                break
+            if offset >= 0:
+                rows.append((offset, int(row["ContextTokens"]), int(row["GeneratedTokens"])))
+    return rows
+
+
+# Three-letter words: with the space, four characters, one token as the simulator counts them
+# (and one in a real tokenizer), so a prompt of N words is N tokens, as the trace says.
+TOKEN_WORDS = (
+    "the", "and", "for", "are", "not", "but", "all", "any", "can",
+    "had", "one", "our", "out", "day", "get", "has", "him",
+)  # fmt: skip
+# The chat template's own tokens, left out of the prompt's share of max-model-len.
+TEMPLATE_TOKENS = 64
+
+
+def _arrival(rng: random.Random, at_s: float, prompt_tokens: int, output_tokens: int) -> Arrival:
+    output = max(2, min(output_tokens, MAX_CONTEXT_TOKENS // 2))
+    prompt = max(1, min(prompt_tokens, MAX_CONTEXT_TOKENS - output - TEMPLATE_TOKENS))
+    return Arrival(at_s, output, " ".join(rng.choice(TOKEN_WORDS) for _ in range(prompt)))
+
+
+def azure_trace(path: Path, start_s: float, duration_s: float, seed: int) -> list[Arrival]:
+    """The CSV's slice replayed open-loop, with its own prompt and output lengths."""
+    rng = random.Random(seed)
+    return [_arrival(rng, at, c, g) for at, c, g in read_azure(path, start_s, duration_s)]
+
+
+def shaped_trace(
+    phases: tuple[Phase, ...], seed: int, lengths: list[tuple[int, int]]
+) -> list[Arrival]:
+    """Poisson arrivals by phase, each with lengths drawn from ``lengths``."""
+    rng = random.Random(seed)
+    arrivals, start = [], 0.0
+    for phase in phases:
+        t = start + rng.expovariate(phase.rate)
+        while t < start + phase.duration_s:
+            arrivals.append(_arrival(rng, t, *rng.choice(lengths)))
+            t += rng.expovariate(phase.rate)
+        start += phase.duration_s
+    return arrivals
+
+
+def build_trace(
+    name: str, seed: int, quick: bool, azure: Path, azure_start_s: float
+) -> tuple[list[Arrival], float, str]:
+    """(arrivals, length in seconds, a line describing it)."""
+    scale = QUICK_SCALE if quick else 1.0
+    if name == "azure":
+        duration = AZURE_SLICE_S * scale
+        trace = azure_trace(azure, azure_start_s, duration, seed)
+        return trace, duration, (f"azure2023_conv.csv from {azure_start_s:g}s for {duration:g}s, "
+                                 f"{len(trace)} requests, open-loop, its own lengths")  # fmt: skip
+    phases = FULL_TRACE if name == "seeded" else SHAPES[name]
+    phases = tuple(Phase(p.name, p.rate, p.duration_s * scale) for p in phases)
+    if name == "seeded":
+        trace = make_trace(phases, seed)
+        lengths = "of 64-192 tokens"
+    else:
+        sample = [(c, g) for _, c, g in read_azure(azure, 0.0, 3600.0)]
+        trace = shaped_trace(phases, seed, sample)
+        lengths = "with lengths drawn from azure2023_conv.csv"
+    shape = ", ".join(f"{p.name} {p.rate:g}/s for {p.duration_s:g}s" for p in phases)
+    return trace, sum(p.duration_s for p in phases), (
+        f"{name} (seed {seed}): {shape}; {len(trace)} requests {lengths}")  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # Processes
 
@@ -196,15 +303,23 @@ def _pin(pid: int, core: int) -> None:
 class Aif:
     """One ``aif serve`` with its own data dir; stopped with every engine it started."""
 
-    def __init__(self, work: Path, label: str, settings: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self, work: Path, label: str, settings: tuple[tuple[str, str], ...] = (),
+        max_num_seqs: int | None = None,
+    ) -> None:  # fmt: skip
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"aif-{label}.log"
+        engine: dict[str, str] = {}
+        if max_num_seqs is not None:
+            engine = {
+                "AIF_ENGINE_ARGS": json.dumps(["--max-num-seqs", str(max_num_seqs)]),
+                "AIF_MAX_IN_FLIGHT_PER_INSTANCE": str(max_num_seqs),
+            }
         env = {
             **os.environ,
             "AIF_LOG_LEVEL": "INFO",
-            "AIF_ENGINE_ARGS": json.dumps(["--max-num-seqs", str(MAX_NUM_SEQS)]),
-            "AIF_MAX_IN_FLIGHT_PER_INSTANCE": str(MAX_NUM_SEQS),
+            **engine,
             "AIF_ADMISSION_QUEUE_PER_INSTANCE": "1000",
             "AIF_ADMISSION_WAIT_S": str(REQUEST_TIMEOUT_S),
             "AIF_SCALE_IDLE_S": str(IDLE_WINDOW_S),
@@ -539,11 +654,12 @@ def table(runs: list[Run]) -> str:
 
 
 def run_config(
-    config: Config, trace: list[Arrival], trace_s: float, work: Path
-) -> tuple[Run, Aif | None, str]:
+    config: Config, trace: list[Arrival], trace_s: float, work: Path,
+    max_num_seqs: int | None = None,
+) -> tuple[Run, Aif | None, str]:  # fmt: skip
     """One replay on a fresh aif; when scaled, aif is left running for the zero phase."""
     label, bounds = config.label, config.bounds
-    aif = Aif(work, re.sub(r"\W+", "-", label), config.env)
+    aif = Aif(work, re.sub(r"\W+", "-", label), config.env, max_num_seqs)
     keep = False
     try:
         model_id = register(aif.url, *bounds)
@@ -649,12 +765,31 @@ def main(argv: list[str] | None = None) -> int:
         "do not depend on the policy; without static max the share column is left empty",
     )  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir and logs")
+    parser.add_argument(
+        "--trace",
+        choices=TRACE_CHOICES,
+        default="seeded",
+        help="the load's shape (azure: a slice of the public trace, replayed)",
+    )
+    parser.add_argument("--azure-csv", type=Path, default=AZURE_CSV)
+    parser.add_argument(
+        "--azure-start-s",
+        type=float,
+        default=0.0,
+        help="where the 440 s slice of the Azure trace begins",
+    )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="engines' --max-num-seqs and aif's admission per instance "
+        "(default: the preset's own engine arguments)",
+    )
+    parser.add_argument("--skip-zero", action="store_true", help="no scale-from-zero phase")
     args = parser.parse_args(argv)
-    phases: tuple[Phase, ...] = FULL_TRACE
-    if args.quick:
-        phases = tuple(Phase(p.name, p.rate, p.duration_s * QUICK_SCALE) for p in phases)
-    trace_s = sum(p.duration_s for p in phases)
-    trace = make_trace(phases, args.seed)
+    trace, trace_s, described = build_trace(
+        args.trace, args.seed, args.quick, args.azure_csv, args.azure_start_s
+    )
     work = Path(tempfile.mkdtemp(prefix="aif-autoscale-bench-"))
     live: list[Aif] = []
 
@@ -663,11 +798,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     _pin(0, LOAD_CORE)
-    shape = ", ".join(f"{p.name} {p.rate:g}/s for {p.duration_s:g}s" for p in phases)
     print(f"# autoscale benchmark ({'quick' if args.quick else 'full'}); logs in {work}")
-    print(f"trace (seed {args.seed}): {shape}; {len(trace)} requests of 64-192 tokens")
+    print(f"trace: {described}")
+    seqs = "the preset's" if args.max_num_seqs is None else str(args.max_num_seqs)
     print(
-        f"engines: {MODEL_TYPE} preset latency, --max-num-seqs {MAX_NUM_SEQS}; SLO p95 TTFT "
+        f"engines: {MODEL_TYPE} preset latency, --max-num-seqs {seqs}; SLO p95 TTFT "
         f"<= {TTFT_TARGET_MS} ms, TPOT <= {TPOT_TARGET_MS} ms per {WINDOW_S:g}s window"
     )
     print(f"scaler (aif's defaults): interval {SCALE_INTERVAL_S:g}s, latency window "
@@ -680,9 +815,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     try:
         for key in args.config or list(CONFIGS):
-            run, aif, model_id = run_config(CONFIGS[key], trace, trace_s, work)
+            run, aif, model_id = run_config(CONFIGS[key], trace, trace_s, work, args.max_num_seqs)
             runs.append(run)
-            if aif is not None:
+            if aif is not None and args.skip_zero:
+                aif.stop()
+            elif aif is not None:
                 live.append(aif)
                 print(f"  {run.label}: scale-from-zero phase ...", flush=True)
                 run.zero = zero_phase(aif, model_id)

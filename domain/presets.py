@@ -94,6 +94,9 @@ class SimulatorProfile(_Frozen):
     prefill_ms_per_token: float = Field(gt=0)
     decode_step_base_ms: float = Field(gt=0)
     decode_ms_per_running_seq: float = Field(ge=0)
+    # A decode step reads every running sequence's KV cache: its cost grows with the context
+    # the batch holds (vLLM's paged attention is memory-bound), per context token.
+    decode_ms_per_context_token: float = Field(default=0.0, ge=0)
     kv_cache_blocks: int = Field(gt=0)
     startup_s: float = Field(ge=0)
 

@@ -72,6 +72,23 @@ class Endpoint(BaseModel):
     accelerators: list[str] = Field(default_factory=list)
 
 
+class Capacity(BaseModel):
+    """What one instance of the model sustains within its SLO, as measured (see
+    :mod:`scaler.capacity`). ``concurrency_per_instance`` None: not measured yet (the scaler
+    sizes by the engine's max-num-seqs)."""
+
+    # Requests in flight one instance holds with p95 TTFT and TPOT within their targets.
+    concurrency_per_instance: float | None = None
+    # Generated tokens per second one instance sustains at that concurrency (None: not known).
+    tokens_per_s: float | None = None
+    # "learnt" (from the gateway's samples while serving), "profile" (``aif profile``), or
+    # "preset" (another model of the same type and resource type).
+    source: str = ""
+    # Passes (or profile steps) the figure rests on.
+    samples: int = 0
+    measured_at: datetime | None = None
+
+
 class Scaling(BaseModel):
     """The task-executor-manager's last decision for a model, as it was made."""
 
@@ -81,6 +98,8 @@ class Scaling(BaseModel):
     reason: str = ""
     # Every input that led to the decision (latency ratios, rates, queue, estimates).
     inputs: dict[str, float | int | str | None] = Field(default_factory=dict)
+    # What one instance sustains within the SLO, measured; kept across decisions.
+    capacity: Capacity = Field(default_factory=Capacity)
 
 
 class ModelRecord(BaseModel):

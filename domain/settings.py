@@ -167,14 +167,22 @@ class Settings(ClusterConfig, BaseSettings):
     # capacity), a pass for that model comes this soon after the last one instead of at the
     # next interval (0: only the interval).
     scale_pressure_pass_s: float = Field(default=0.2, ge=0)
+    # model-job-executor: profile a model's capacity at the SLO once its first instance serves
+    # (``aif profile`` through the gateway), when it has none measured yet; the load is real.
+    profile_on_ready: bool = False
+    profile_step_s: float = Field(default=10.0, gt=0)
+    # chat-job-executor in its own process: the task-executor-manager to report a model at
+    # capacity to (``POST {scaler_url}/v1/scaler/pressure``), so its pass comes as soon as in
+    # one process. "": no report (the manager sees the load at its next interval).
+    scaler_url: str = ""
     # Replicas follow concurrency (in flight + queued at the gateway) at this fraction of what
     # an instance holds at once (max-num-seqs): the headroom left for a burst's first seconds.
     scale_target_utilisation: float = Field(default=0.7, gt=0, le=1)
     # Concurrency over this window beyond what the ready instances hold: a burst, scaled up
     # to at once (Knative's panic window).
     scale_panic_window_s: float = Field(default=6.0, gt=0)
-    # An SLO breach the concurrency does not explain must last this long to lower the
-    # per-instance capacity.
+    # An SLO breach must last this long to add an instance beyond the capacity it lowers (the
+    # capacity itself is lowered at the pass that sees the breach).
     scale_upscale_delay_s: float = Field(default=10.0, ge=0)
     # The stable window: scale-in follows the mean concurrency over it, so a burst's
     # instances are given back within about this long after it (and a dip shorter than it

@@ -42,6 +42,7 @@ from scaler.metrics import (
     ENGINE_KV_USAGE_GAUGE,
     ENGINE_WAITING_GAUGE,
     IN_FLIGHT_GAUGE,
+    ITL_HISTOGRAM,
     QUANTILE,
     QUEUED_GAUGE,
     REQUESTS_COUNTER,
@@ -58,7 +59,7 @@ Collect = Callable[[], Awaitable[Iterable[Metric]]]
 Labels = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Labels]
 
-HISTOGRAMS = (TTFT_HISTOGRAM, TPOT_HISTOGRAM)
+HISTOGRAMS = (TTFT_HISTOGRAM, TPOT_HISTOGRAM, ITL_HISTOGRAM)
 GAUGES = (IN_FLIGHT_GAUGE, QUEUED_GAUGE, ENGINE_WAITING_GAUGE, ENGINE_KV_USAGE_GAUGE)
 COUNTER_KEY = float("inf")  # a counter is kept as a histogram with its one bucket
 SOURCE_LABEL = "aif_gateway"  # from_urls: which gateway a series came from
@@ -268,6 +269,11 @@ class GatewaySource:
             for k, s in self._series.items()
             if _matches(k, REQUESTS_COUNTER, model)
         ]
+        gaps = [
+            increase[COUNTER_KEY] / seconds
+            for seconds, increase in self._increases(ITL_HISTOGRAM, model)
+            if seconds > 0 and COUNTER_KEY in increase
+        ]
         waiting = self._gauge(ENGINE_WAITING_GAUGE, model)
         kv = self._gauge(ENGINE_KV_USAGE_GAUGE, model)
         return LoadSnapshot(
@@ -279,6 +285,7 @@ class GatewaySource:
             queued=sum(self._gauge(QUEUED_GAUGE, model)),
             engine_waiting=sum(waiting) if waiting else None,
             kv_usage=sum(kv) / len(kv) if kv else None,
+            tokens_per_s=sum(gaps) if gaps else None,
         )
 
 

@@ -29,6 +29,8 @@ from domain.records import ModelRecord
 TTFT_HISTOGRAM = "aif_time_to_first_token_seconds"
 TPOT_HISTOGRAM = "aif_request_time_per_output_token_seconds"
 REQUESTS_COUNTER = "aif_requests_total"
+# Gaps between streamed chunks: its count's rate is the tokens generated per second.
+ITL_HISTOGRAM = "aif_inter_token_latency_seconds"
 IN_FLIGHT_GAUGE = "aif_requests_in_flight"
 QUEUED_GAUGE = "aif_requests_queued"
 # The engines' series (label ``model_name``), vLLM's names.
@@ -60,6 +62,8 @@ class LoadSnapshot:
     # Requests answered in all, now (the counter itself): a change between two reads is an
     # answer between them, which the windowed rate need not show. None: not known.
     answered_total: float | None = None
+    # Generated tokens per second over the window, all instances; None: not known.
+    tokens_per_s: float | None = None
 
 
 class MetricsSource(Protocol):

@@ -2,8 +2,9 @@
 
 ``decide(context, state)`` → ``(Decision, new state)``. No I/O and no clock: ``now`` is in the
 context, so tests step it. Replicas are sized from **concurrency**, as Knative's KPA does:
-requests in flight plus queued at the gateway, against what one instance serves at once (the
-engine's ``max-num-seqs``, or less where the SLO says so) at a target utilisation. Concurrency
+requests in flight plus queued at the gateway, against what one instance holds within the SLO
+(measured: :mod:`scaler.capacity`; the engine's ``max-num-seqs`` until it is) at a target
+utilisation. Concurrency
 leads latency: it rises the moment a burst arrives, while latency grows only once a queue has
 built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity.
 
@@ -14,12 +15,14 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    data). Idle: nothing in flight or queued, the spell counted from the last pass
    before the last answer (the gateway's count answered, or its rate, changed since it).
 2. **Learning** (:func:`learn`). The capacity estimate is the concurrency one instance holds
-   within the SLO, starting at the preset's (``capacity_per_instance``). A breach lasting
-   ``upscale_delay_s`` with no queue at the gateway, nor instances added for a breach, over the
-   last ``latency_window_s`` (so the latency is the engines' now, not a queue's that has since
-   cleared or from before the last step) lowers it below the
-   concurrency at which it happened; engines queueing internally lower it to what they run.
-   Meeting the SLO at that concurrency raises it back toward the preset's.
+   within the SLO, read from a curve of the SLO ratio by concurrency per instance
+   (:mod:`scaler.capacity`). Each pass adds a sample: the window's ratio at the window's
+   concurrency per ready instance (its mean for a miss, its lowest for a met SLO), when no queue
+   at the gateway nor instances added for a breach disturbed the latency window; or, where the
+   engines queue inside or fill their KV cache, a miss at what they were given. A miss moves the
+   estimate at the pass that sees it. Until the curve says anything, the capacity stored with
+   the model (learnt earlier, profiled, or a peer's of the same preset and resource type:
+   ``known_capacity``), else the preset's ``capacity_per_instance``.
 3. **Recommendation** (:func:`recommend`), by stage:
 
    - *panic*: more concurrency (now, or over the panic window) than the ready instances hold
@@ -30,7 +33,8 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    - *steady*: ``ceil(mean concurrency / (estimate * target_utilisation))`` over the stable
      window and the panic window, whichever is higher, at least one, and with
      ``burst_capacity`` at least ``ceil((stable mean + burst_capacity) / estimate)``: up at
-     once; down as the burst leaves the stable window.
+     once; down as the burst leaves the stable window, and only once the demand fits the
+     fewer instances at ``scale_in_band`` of the target (no flapping at a boundary).
    - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
      last answer, not from when its latency leaves the window): toward ``min_instance``,
      which may be 0. Until then an idle model is *steady*, and gives back instances as any.
@@ -54,6 +58,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from domain.records import within_bounds
+from scaler.capacity import TOLERANCE, CapacityCurve, engine_full, estimate, observe_sample
 from scaler.metrics import LoadSnapshot
 
 Inputs = Mapping[str, float | int | str | None]
@@ -75,16 +80,15 @@ class PolicyConfig:
     max_step_up: int = 4
     # Instances removed at most per decision.
     max_step_down: int = 1
+    # Scale-in only once the demand fits the fewer instances at this fraction of the target
+    # (hysteresis: a demand hovering at the boundary between two counts does not reverse).
+    scale_in_band: float = 0.85
     # Within 10% over target is noise, not a reason to lower the estimate.
     upscale_tolerance: float = 0.1
     # A breach of the SLO with the concurrency fitting must last this long to count.
     upscale_delay_s: float = 10.0
     # The window latency is read over: after a queue, latency stays high this long.
     latency_window_s: float = 30.0
-    # A breach lowers the estimate to the per-instance concurrency it happened at, times this.
-    breach_backoff: float = 0.8
-    # Meeting the SLO near the estimate moves it this fraction back toward the preset's.
-    estimate_alpha: float = 0.2
     # No traffic for this long: toward min_instance (possibly 0).
     idle_window_s: float = 300.0
     # Requests of spare room kept beyond the stable window's mean concurrency, at what the
@@ -109,6 +113,9 @@ class ScalingContext:
     capacity_per_instance: int
     # The model's load; None when it could not be read (the policy holds).
     snapshot: LoadSnapshot | None
+    # Concurrency per instance within the SLO stored with the model (learnt earlier, or
+    # profiled), used until this process has learnt its own; None: not known.
+    known_capacity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,10 @@ class ScalingState:
     observed_since: float | None = None
     # (time, concurrency) over the stable window.
     concurrency: tuple[tuple[float, float], ...] = ()
+    # SLO ratio by concurrency per instance, learnt (scaler.capacity).
+    curve: CapacityCurve | None = None
+    # (time, concurrency per ready instance) over the latency window.
+    per_instance: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,8 @@ class Signals:
     idle: bool
     # Latency over target (beyond the tolerance), not explained by a recent queue.
     breach: bool
+    # No queue at the gateway nor instances added for a breach over the latency window.
+    settled: bool = False
 
 
 def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) -> float | None:
@@ -195,6 +208,7 @@ def observe(
     now = ctx.now
     concurrency = snap.in_flight + snap.queued
     kept = tuple((t, c) for t, c in state.concurrency if t > now - config.downscale_delay_s)
+    per_instance = tuple((t, c) for t, c in state.per_instance if t > now - config.latency_window_s)
     # The windowed rate and latency of the last requests linger for a window, but the idle
     # spell begins with the last answer. Nothing in flight or queued now, but something was at
     # the last pass, or answered since it (the count answered changed; without the count, the
@@ -220,6 +234,7 @@ def observe(
         unsettled_at=now if snap.queued > 0 else state.unsettled_at,
         idle_since=idle_since,
         observed_since=_keep(state.observed_since, now),
+        per_instance=(*per_instance, (now, concurrency / ctx.ready)) if ctx.ready else per_instance,
     )
 
 
@@ -239,30 +254,38 @@ def measure(
         saturation=now_c / (max(ctx.ready, 1) * max(ctx.capacity_per_instance, 1)),
         idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
         breach=breach,
+        settled=settled,
     )
 
 
 def learn(
-    estimate: float | None, ctx: ScalingContext, snap: LoadSnapshot, sig: Signals,
-    breach_lasted: bool, config: PolicyConfig,
-) -> float | None:  # fmt: skip
-    """The capacity estimate (concurrency per instance within the SLO) after this pass."""
-    preset = float(max(ctx.capacity_per_instance, 1))
-    current = preset if estimate is None else estimate
-    if ctx.ready < 1:
-        return estimate
-    per_instance = snap.in_flight / ctx.ready
-    if snap.engine_waiting and snap.engine_waiting > 0:
-        running = (snap.in_flight - snap.engine_waiting) / ctx.ready
-        current = min(current, max(1.0, running))  # the engines hold fewer than admitted
-    if breach_lasted and per_instance > 0:
-        current = min(current, max(1.0, per_instance * config.breach_backoff))
-    elif (
-        sig.ratio is not None and sig.ratio <= 1 and not snap.engine_waiting
-        and per_instance >= current * config.target_utilisation
-    ):  # fmt: skip
-        current += config.estimate_alpha * (preset - current)
-    return None if current >= preset else current
+    state: ScalingState, ctx: ScalingContext, snap: LoadSnapshot, sig: Signals,
+    config: PolicyConfig,
+) -> tuple[CapacityCurve, float | None]:  # fmt: skip
+    """The capacity curve after this pass, and the concurrency per instance it puts within
+    the SLO (:mod:`scaler.capacity`); without enough samples, the one stored with the model,
+    else None (the preset's)."""
+    preset = max(ctx.capacity_per_instance, 1)
+    curve = state.curve or CapacityCurve.for_preset(preset)
+    if ctx.ready >= 1:
+        waiting = None if snap.engine_waiting is None else snap.engine_waiting / ctx.ready
+        full = engine_full(snap.in_flight / ctx.ready, waiting, snap.kv_usage)
+        if full is not None:
+            curve = observe_sample(curve, *full)
+        elif sig.ratio is not None and sig.settled and sig.now > 0:
+            # The latency is the window's: a miss is paired with the window's mean concurrency
+            # per instance, a met SLO only with its lowest (while instances are added, the
+            # window's earlier, higher concurrency did not all meet it).
+            window = ctx.now - config.latency_window_s
+            seen = [c for t, c in state.per_instance if t > window]
+            missed = sig.ratio > 1 + TOLERANCE
+            per_instance = _mean(state.per_instance, window) if missed else min(seen)
+            tokens = None if snap.tokens_per_s is None else snap.tokens_per_s / ctx.ready
+            curve = observe_sample(curve, per_instance, sig.ratio, tokens)
+    learnt = estimate(curve, preset)
+    if learnt is None and ctx.known_capacity is not None:
+        learnt = min(ctx.known_capacity, float(preset))
+    return curve, learnt
 
 
 def per_instance_target(ctx: ScalingContext, estimate: float | None, config: PolicyConfig) -> float:
@@ -282,7 +305,11 @@ def recommend(
     burst = max(sig.now, sig.panic_mean)
     if burst > holds:
         return "panic", max(math.ceil(burst / target), 1)
-    steady = max(math.ceil(max(sig.stable_mean, sig.panic_mean) / target), 1)
+    demand = max(sig.stable_mean, sig.panic_mean)
+    steady = max(math.ceil(demand / target), 1)
+    if steady < ctx.replicas:
+        # Fewer only with room to spare: demand hovering at a boundary does not flap.
+        steady = max(steady, math.ceil(demand / (target * config.scale_in_band)))
     if config.burst_capacity > 0:
         whole = float(ctx.capacity_per_instance) if estimate is None else estimate
         spare = math.ceil((sig.stable_mean + config.burst_capacity) / max(whole, 1e-9))
@@ -339,8 +366,9 @@ def decide(
     now = ctx.now
     state = replace(state, breach_since=_keep(state.breach_since, now) if sig.breach else None)
     breach_lasted = sig.breach and now - _keep(state.breach_since, now) >= config.upscale_delay_s
-    estimate = learn(state.capacity_estimate, ctx, snap, sig, breach_lasted, config)
-    state = replace(state, capacity_estimate=estimate)
+    curve, learnt = learn(state, ctx, snap, sig, config)
+    state = replace(state, curve=curve, capacity_estimate=learnt)
+    estimate = learnt
     stage, wanted = recommend(ctx, sig, estimate, breach_lasted, config)
     kept = tuple((t, n) for t, n in state.recommendations if t > now - config.scale_in_hold_s)
     state = replace(state, recommendations=(*kept, (now, wanted)))

@@ -26,6 +26,7 @@ from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, audit, rewrite
 from domain.wakeup import Wakeup
+from scaler.capacity_store import CapacityWrites, known_capacity, learnt_capacity
 from scaler.metrics import MetricsSource
 from scaler.placement import hold_for_cards
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
@@ -111,6 +112,7 @@ class TaskExecutorManager:
         self._capacity_of = capacity_of
         self._metrics = ScalerMetrics(registry) if registry is not None else None
         self._states: dict[str, ScalingState] = {}
+        self._capacity_writes = CapacityWrites()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -160,9 +162,9 @@ class TaskExecutorManager:
             if names is None or record.name in names:
                 if names is not None and self._metrics is not None:
                     self._metrics.pressure_passes.labels(record.name).inc()
-                await self._scale(record)
+                await self._scale(record, scaled)
 
-    async def _scale(self, record: ModelRecord) -> None:
+    async def _scale(self, record: ModelRecord, records: list[ModelRecord]) -> None:
         snapshot = await self._source.fetch(record)
         ctx = ScalingContext(
             now=self._clock(),
@@ -174,22 +176,41 @@ class TaskExecutorManager:
             tpot_target_ms=record.slo.target_time_per_output_token_p95,
             capacity_per_instance=self._capacity_of(record),
             snapshot=snapshot,
+            known_capacity=known_capacity(record, records),
         )
         state = self._states.get(record.id, ScalingState())
         decision, self._states[record.id] = decide(ctx, state, self._policy)
         decision = hold_for_cards(record, decision)
         if self._metrics is not None:
             self._metrics.record(record.name, record.replicas, decision)
+        learnt = self._states[record.id]
         if decision.replicas == record.replicas:
+            if self._capacity_writes.due(record, learnt, ctx.now):
+                await asyncio.to_thread(self._write_capacity, record, learnt)
             return
         logger.info(
             "scaling decision model=%s name=%s from=%d to=%d reason=%r %s",
             record.id, record.name, record.replicas, decision.replicas, decision.reason,
             " ".join(f"{key}={value}" for key, value in decision.inputs.items()),
         )  # fmt: skip
-        await asyncio.to_thread(self._write_replicas, record, decision)
+        await asyncio.to_thread(self._write_replicas, record, decision, learnt)
+        self._capacity_writes.wrote(record.id, ctx.now)
 
-    def _write_replicas(self, seen: ModelRecord, decision: Decision) -> None:
+    def _write_capacity(self, seen: ModelRecord, state: ScalingState) -> None:
+        """The learnt capacity into the record, without a new generation (nothing to deploy)."""
+
+        def keep(record: ModelRecord) -> ModelRecord | None:
+            if record.deleting:
+                return None
+            record.scaling.capacity = learnt_capacity(state, record.scaling.capacity)
+            record.touch()
+            return record
+
+        with contextlib.suppress(WriteContention):
+            rewrite(self._store, seen.id, keep)
+        self._capacity_writes.wrote(seen.id, self._clock())
+
+    def _write_replicas(self, seen: ModelRecord, decision: Decision, state: ScalingState) -> None:
         def scale(record: ModelRecord) -> ModelRecord | None:
             if record.generation != seen.generation or record.deleting:
                 return None  # the model changed meanwhile; the next pass decides afresh
@@ -202,6 +223,7 @@ class TaskExecutorManager:
                 to_replicas=record.replicas,
                 reason=decision.reason,
                 inputs=dict(decision.inputs),
+                capacity=learnt_capacity(state, record.scaling.capacity),
             )
             if record.status is not ModelStatus.FAILED:
                 record.status = ModelStatus.UPDATING

@@ -31,6 +31,8 @@ class EngineConfig:
     prefill_ms_per_token: float
     decode_step_base_ms: float
     decode_ms_per_running_seq: float
+    # Per context token of the decoding sequences (their KV cache read each step).
+    decode_ms_per_context_token: float = 0.0
     # Fixed-latency mode (benchmarks): every step costs ``fixed_itl_ms`` whatever its batch,
     # plus the prefill of uncached prompt tokens, and a sequence is admitted no sooner than
     # ``fixed_ttft_ms`` less one step after it arrived, so its first token comes about
@@ -73,6 +75,7 @@ class EngineConfig:
             prefill_ms_per_token=prefill_ms_per_token,
             decode_step_base_ms=preset.simulator.decode_step_base_ms,
             decode_ms_per_running_seq=preset.simulator.decode_ms_per_running_seq,
+            decode_ms_per_context_token=preset.simulator.decode_ms_per_context_token,
             fixed_ttft_ms=fixed_ttft_ms,
             fixed_itl_ms=fixed_itl_ms,
         )

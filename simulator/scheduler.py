@@ -7,7 +7,9 @@ the step's token budget (``max_num_batched_tokens``) lasts and the free KV block
 sequence's context plus one token. A decoding sequence grows its blocks as it generates; when
 none are free the newest running sequence is preempted back to the head of the queue and
 recomputes its context when readmitted. A step costs ``prefill_ms_per_token`` per uncached
-prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch``; in the
+prompt token plus ``decode_step_base_ms + decode_ms_per_running_seq * batch`` plus
+``decode_ms_per_context_token`` per context token the decoding sequences hold (their KV cache
+read each step: vLLM's decode is memory-bound); in the
 fixed-latency mode (``fixed_itl_ms``) the decode part is ``fixed_itl_ms`` whatever the batch,
 and ``fixed_ttft_ms`` holds a sequence in the queue until its first token is due.
 
@@ -75,13 +77,17 @@ class StepOutcome:
     finished: list[FinishedSequence] = field(default_factory=list)
 
 
-def step_cost_s(config: EngineConfig, prefill_tokens: int, batch_size: int) -> float:
-    """Duration of one step that prefills ``prefill_tokens`` over ``batch_size`` sequences."""
+def step_cost_s(
+    config: EngineConfig, prefill_tokens: int, batch_size: int, context_tokens: int = 0
+) -> float:
+    """Duration of one step that prefills ``prefill_tokens`` over ``batch_size`` sequences
+    whose decodes read ``context_tokens`` of KV cache."""
     if batch_size == 0:
         return 0.0
     cost_ms = config.prefill_ms_per_token * prefill_tokens + config.step_base_ms
     if config.fixed_itl_ms is None:
         cost_ms += config.decode_ms_per_running_seq * batch_size
+        cost_ms += config.decode_ms_per_context_token * context_tokens
     return cost_ms / 1000.0
 
 
@@ -165,7 +171,8 @@ class Scheduler:
             # As in vLLM, a step that had to preempt admits nothing: memory is short.
             self._admit(plan, budget, now)
         plan.prefill_tokens = sum(work.prefill_tokens for work in plan.work)
-        plan.cost_s = step_cost_s(self.config, plan.prefill_tokens, plan.batch_size)
+        context = sum(work.sequence.computed for work in plan.work if not work.prefill_tokens)
+        plan.cost_s = step_cost_s(self.config, plan.prefill_tokens, plan.batch_size, context)
         return plan
 
     def complete(self, plan: StepPlan, now: float) -> StepOutcome:

@@ -58,8 +58,10 @@ class ChatJobExecutor:
 
     ``start`` loads the table and keeps refreshing it (each ``routing_refresh_s``, and soon
     after :meth:`notify_change`), and watches answers for stalls; ``stop`` ends both and
-    closes the upstream connections. A request that must wait for a slot calls
-    ``on_pressure`` with its model's name (the task-executor-manager's nudge, in one process).
+    closes the upstream connections. A request that must wait for a slot, or that finds more in
+    flight than the instances hold within the SLO (``scaling.capacity``), calls ``on_pressure``
+    with its model's name (the task-executor-manager's nudge in one process, a report over
+    HTTP in another).
     """
 
     def __init__(
@@ -254,7 +256,7 @@ class ChatJobExecutor:
         """Answer ``exchange`` with ``body`` served by an instance of ``request["model"]``."""
         route = await self._serving_route(request)
         gate, capacity = route.gate, route.capacity
-        if gate.full(capacity):
+        if gate.full(capacity) or route.beyond_slo_capacity():
             self._on_pressure(route.name)  # the scaler looks at this model now
         try:
             await gate.acquire(

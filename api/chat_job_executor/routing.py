@@ -116,6 +116,8 @@ class Route:
     instances: tuple[Instance, ...]
     gate: Gate
     desired_instances: int = 0
+    # Requests in flight one instance holds within the SLO, as measured (scaling.capacity).
+    slo_capacity: float | None = None
     _ring: list[tuple[int, Instance]] | None = field(default=None, repr=False)
 
     @property
@@ -131,6 +133,13 @@ class Route:
     @property
     def capacity(self) -> int:
         return sum(i.capacity for i in self.instances)
+
+    def beyond_slo_capacity(self) -> bool:
+        """More in flight than the ready instances hold within the SLO: the scaler should look
+        now, though slots (max-num-seqs) are still free."""
+        if self.slo_capacity is None or not self.instances:
+            return False
+        return self.gate.in_flight >= self.slo_capacity * len(self.instances)
 
     def candidates(self, now: float) -> list[Instance]:
         """Available instances; when every one is ejected, all of them (a panic, as Envoy's)."""
@@ -264,6 +273,7 @@ class RoutingTable:
                 instances=tuple(instances),
                 gate=old_gates.get(record.id) or Gate(),
                 desired_instances=record.replicas,
+                slo_capacity=record.scaling.capacity.concurrency_per_instance,
             )
         self._routes = routes
         for route in routes.values():

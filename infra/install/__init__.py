@@ -30,6 +30,7 @@ from infra.install.roles import ROLES, role_env, settings_env
 from infra.install.services import (
     CHAT_EXECUTOR_SERVICE_NAME,
     FRONTEND_SERVICE_NAME,
+    SCALER_SERVICE_NAME,
     chat_executor_url,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "EXECUTOR_SERVICE_ACCOUNT",
     "FRONTEND_SERVICE_NAME",
     "ROLES",
+    "SCALER_SERVICE_NAME",
     "SERVICE_ACCOUNT",
     "InstallConfig",
     "InstallConfigError",

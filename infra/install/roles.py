@@ -21,7 +21,7 @@ from infra.cluster_settings import cluster_env
 from infra.install.config import InstallConfig
 from infra.install.objects import labels, meta, selector
 from infra.install.rbac import EXECUTOR_SERVICE_ACCOUNT, SERVICE_ACCOUNT
-from infra.install.services import HTTP_PORT, HTTP_PORT_NAME, chat_executor_url
+from infra.install.services import HTTP_PORT, HTTP_PORT_NAME, chat_executor_url, scaler_url
 
 DATA_DIR = "/var/lib/aif"
 # The uid the image's ``aif`` user has (see the Dockerfile); pods refuse to run as root.
@@ -43,7 +43,8 @@ class RoleSpec:
     memory_request: str
     cpu_limit: str
     memory_limit: str
-    # Serves /v1 (the frontend, the chat-job-executor): it gets the bootstrap admin key.
+    # Serves /v1 (the frontend, the chat-job-executor, the task-executor-manager's pressure
+    # reports) or calls it (the chat-job-executor's reports): it gets the bootstrap admin key.
     serves_api: bool = False
 
     @property
@@ -59,7 +60,7 @@ ROLES: tuple[RoleSpec, ...] = (
     RoleSpec("frontend", False, False, "100m", "256Mi", "1", "1Gi", serves_api=True),
     RoleSpec("model-job-executor", True, True, "250m", "512Mi", "2", "2Gi"),
     RoleSpec("chat-job-executor", False, False, "250m", "256Mi", "2", "1Gi", serves_api=True),
-    RoleSpec("task-executor-manager", False, False, "100m", "256Mi", "1", "512Mi"),
+    RoleSpec("task-executor-manager", False, False, "100m", "256Mi", "1", "512Mi", serves_api=True),
 )
 
 
@@ -89,10 +90,13 @@ def role_env(role: RoleSpec, config: InstallConfig) -> dict[str, str]:
     The frontend forwards inference to the chat-job-executor Service rather than serving it
     in-process, so the chat path scales on its own; set per role, not in the shared ConfigMap,
     so that no other role forwards. The task-executor-manager reads the models' load from the
-    Prometheus of ``aif:prometheusUrl``, else from the one chat-job-executor's ``/metrics``.
+    Prometheus of ``aif:prometheusUrl``, else from the one chat-job-executor's ``/metrics``;
+    the chat-job-executors report models at capacity to it (``AIF_SCALER_URL``).
     """
     if role.name == "frontend":
         return {"AIF_CHAT_EXECUTOR_URL": chat_executor_url(config.namespace)}
+    if role.name == "chat-job-executor":
+        return {"AIF_SCALER_URL": scaler_url(config.namespace)}
     if role.name == "task-executor-manager":
         if config.prometheus_url:
             return {"AIF_PROMETHEUS_URL": config.prometheus_url}

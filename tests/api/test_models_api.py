@@ -317,3 +317,28 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     assert "/v1/chat/completions" in paths and "/v1/completions" in paths
     assert "ModelCreate" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_the_measured_capacity_is_shown_under_scaling(
+    client: TestClient, store: SqliteModelStore
+) -> None:
+    from domain.records import Capacity
+    from domain.store import rewrite
+
+    model = _register(client)
+    shown = client.get(f"/v1/models/{model['id']}").json()["model"]["scaling"]["capacity"]
+    assert shown == {"concurrency_per_instance": None, "tokens_per_s": None, "source": "",
+                     "samples": 0, "measured_at": None}  # fmt: skip
+
+    def measured(record: ModelRecord) -> ModelRecord:
+        record.scaling.capacity = Capacity(
+            concurrency_per_instance=42.5, tokens_per_s=900.0, source="profile", samples=6,
+            measured_at=record.updated_at,
+        )  # fmt: skip
+        return record
+
+    rewrite(store, model["id"], measured)
+    shown = client.get(f"/v1/models/{model['id']}").json()["model"]["scaling"]["capacity"]
+    assert shown["concurrency_per_instance"] == 42.5 and shown["tokens_per_s"] == 900.0
+    assert shown["source"] == "profile" and shown["samples"] == 6
+    assert TIMESTAMP.match(shown["measured_at"])

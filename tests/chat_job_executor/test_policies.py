@@ -121,3 +121,14 @@ def test_when_every_instance_is_ejected_all_are_tried_anyway() -> None:
     for instance, until in zip(route.instances, (50.0, 40.0), strict=True):
         instance.ejected_until = until
     assert [i.instance_id for i in RoundRobin().order(route, NO_KEY, 0.0)] == ["i1", "i0"]
+
+
+def test_a_model_past_its_measured_capacity_is_under_pressure_with_slots_free() -> None:
+    route = _route(2)  # 8 slots each (max-num-seqs), 3 within the SLO each
+    route.slo_capacity = 3.0
+    route.gate.in_flight = 5
+    assert not route.beyond_slo_capacity() and not route.gate.full(route.capacity)
+    route.gate.in_flight = 6
+    assert route.beyond_slo_capacity() and not route.gate.full(route.capacity)
+    route.slo_capacity = None  # not measured: only a full gate is pressure
+    assert not route.beyond_slo_capacity()

@@ -28,19 +28,19 @@ def secrets_holding(installed: Any, name: str) -> list[dict[str, Any]]:
     return [s for s in installed.of_type("kubernetes:core/v1:Secret") if name in string_data(s)]
 
 
-def test_the_admin_key_is_a_secret_given_to_the_frontend_and_chat_job_executor() -> None:
+def test_the_admin_key_is_a_secret_given_to_the_roles_serving_or_calling_v1() -> None:
     installed = install(local_storage(admin_key=ADMIN))
 
     [secret] = secrets_holding(installed, "AIF_ADMIN_KEY")
     assert string_data(secret) == {"AIF_ADMIN_KEY": ADMIN}
     deployments = installed.deployments
-    for role in ("frontend", "chat-job-executor"):
+    # The task-executor-manager takes the chat-job-executors' pressure reports (admin only).
+    for role in ("frontend", "chat-job-executor", "task-executor-manager"):
         [env] = admin_env(deployments[role])
         assert "value" not in env
         reference = env["valueFrom"]["secretKeyRef"]
         assert reference == {"name": "aif-admin-key-x1y2z3", "key": "AIF_ADMIN_KEY"}
-    for role in ("model-job-executor", "task-executor-manager"):
-        assert admin_env(deployments[role]) == []
+    assert admin_env(deployments["model-job-executor"]) == []
 
 
 def test_without_an_admin_key_no_role_gets_one() -> None:

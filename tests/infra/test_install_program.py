@@ -20,6 +20,7 @@ from infra.install import (
     CHAT_EXECUTOR_SERVICE_NAME,
     EXECUTOR_SERVICE_ACCOUNT,
     FRONTEND_SERVICE_NAME,
+    SCALER_SERVICE_NAME,
     SERVICE_ACCOUNT,
     InstallConfig,
     InstallConfigError,
@@ -376,10 +377,26 @@ def test_the_frontend_forwards_inference_to_the_chat_job_executor_service() -> N
     # Only the frontend forwards: not the shared settings, not the other roles.
     [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
     assert "AIF_CHAT_EXECUTOR_URL" not in config_map["data"]
-    for role in ("model-job-executor", "chat-job-executor"):
-        assert "env" not in container(installed, role), role
-    manager = {e["name"] for e in container(installed, "task-executor-manager")["env"]}
-    assert "AIF_CHAT_EXECUTOR_URL" not in manager
+    assert "env" not in container(installed, "model-job-executor")
+    for role in ("chat-job-executor", "task-executor-manager"):
+        assert "AIF_CHAT_EXECUTOR_URL" not in _env(installed, role), role
+
+
+def test_the_chat_job_executor_reports_pressure_to_the_task_executor_manager_service() -> None:
+    installed = install(local_storage(namespace="aif-system"))
+
+    service = installed.one("kubernetes:core/v1:Service", SCALER_SERVICE_NAME)
+    url = urllib.parse.urlsplit(_env(installed, "chat-job-executor")["AIF_SCALER_URL"])
+    assert url.hostname == f"{SCALER_SERVICE_NAME}.aif-system.svc"
+    assert (service["metadata"]["name"], service["metadata"]["namespace"]) == (
+        SCALER_SERVICE_NAME, "aif-system",
+    )  # fmt: skip
+    manager_labels = installed.deployments["task-executor-manager"]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= manager_labels["metadata"]["labels"].items()
+    [port] = service["spec"]["ports"]
+    assert url.port == port["port"] == 8080
+    [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
+    assert "AIF_SCALER_URL" not in config_map["data"]
 
 
 def _env(installed: Installed, role: str) -> dict[str, str]:

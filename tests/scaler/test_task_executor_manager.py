@@ -150,3 +150,35 @@ async def test_without_pressure_passes_nudges_change_nothing(tmp_path: Path) -> 
     finally:
         await manager.stop()
     store.close()
+
+
+async def test_the_capacity_learnt_is_kept_with_the_model_and_seeds_its_peers(
+    tmp_path: Path,
+) -> None:
+    """Engines that queue inside at 8 admitted per instance (running 4): the manager stores
+    4 per instance in ``scaling.capacity``, a restarted manager starts from it, and a new model
+    of the same preset on the same resource type is sized by it before it has samples."""
+    store = SqliteModelStore(tmp_path / "aif.db")
+    model = store.create(_record(ModelStatus.ACTIVE))
+    now = [0.0]
+    full = LoadSnapshot(ttft_p95_ms=500, tpot_p95_ms=10, request_rate=4, in_flight=8,
+                        engine_waiting=4)  # fmt: skip
+    manager = TaskExecutorManager(store, FixedSource(full), interval_s=1, clock=lambda: now[0])
+    await manager.run_once()
+    stored = store.get(model.id)
+    assert stored is not None
+    capacity = stored.scaling.capacity
+    assert (capacity.concurrency_per_instance, capacity.source) == (4.0, "learnt")
+    assert capacity.samples == 1 and capacity.measured_at is not None
+
+    peer = store.create(_record(ModelStatus.ACTIVE, name="peer"))
+    calm = LoadSnapshot(ttft_p95_ms=None, tpot_p95_ms=None, request_rate=4, in_flight=12)
+    fresh = TaskExecutorManager(store, FixedSource(calm), interval_s=1, clock=lambda: now[0])
+    now[0] = 1
+    await fresh.run_once()
+    # 12 in flight on one instance over the 4 learnt (not QwQ-32B's max-num-seqs, 128):
+    # both models scale to the maximum of 4 (ceil(12 / (4 * 0.7)) = 5).
+    assert store.get(model.id).replicas == 4  # type: ignore[union-attr]
+    assert store.get(peer.id).replicas == 4  # type: ignore[union-attr]
+    assert store.get(peer.id).scaling.capacity.source == ""  # type: ignore[union-attr]
+    store.close()
