@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api import cli_models
+from api import cli_accelerators, cli_models
 from api.app import ALL_ROLES, Role, create_app, serves_inference
 from api.errors import AifError, describe_validation_errors
 from api.schemas import KeyCreate
@@ -56,6 +56,7 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 cli_models.register(app)
+app.add_typer(cli_accelerators.accelerators_app, name="accelerators")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 

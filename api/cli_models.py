@@ -5,7 +5,8 @@ They talk to a running aif (``--url`` / ``AIF_URL``) with a key (``--api-key`` /
 ``AIF_API_KEY``, or ``--api-key-file``). Human output is a table; ``-o json|yaml`` prints the
 API's own objects. A refusal prints the API's message on one line and exits 1; ``aif diff``
 exits 0 when nothing would change, 1 when something would, 2 on error. :func:`register` adds
-them to the ``aif`` app; a further resource (``aif accelerators``) is one more sub-app here.
+them to the ``aif`` app; ``aif accelerators`` (:mod:`api.cli_accelerators`) uses the same
+options and client.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def _client(url: str, key: str | None, key_file: Path | None, code: int = 1) -> Iterator[AifClient]:
+def connect(url: str, key: str | None, key_file: Path | None, code: int = 1) -> Iterator[AifClient]:
     """A client for the command; an ApiError inside ends the command with its message."""
     try:
         client = AifClient(url, read_key(key, key_file))
@@ -91,7 +92,7 @@ def _client(url: str, key: str | None, key_file: Path | None, code: int = 1) -> 
         client.close()
 
 
-def _print(data: Any, output: Output, table: Table) -> None:
+def emit(data: Any, output: Output, table: Table) -> None:
     if output is Output.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     elif output is Output.yaml:
@@ -121,9 +122,9 @@ def models_list(
     api_key_file: KeyFileOption = None,
 ) -> None:
     """Every model (with --selector, those carrying the label)."""
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         models = client.list(parse_selector(selector or []))
-    _print({"models": models}, output, _model_table(models))
+    emit({"models": models}, output, _model_table(models))
 
 
 @models_app.command("get")
@@ -135,11 +136,11 @@ def models_get(
     api_key_file: KeyFileOption = None,
 ) -> None:
     """One model, with its status message."""
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         model = client.get(name)
     table = _model_table([model])
     table.caption = model["status_msg"]
-    _print({"model": model}, output, table)
+    emit({"model": model}, output, table)
 
 
 @models_app.command("delete")
@@ -154,9 +155,9 @@ def models_delete(
     api_key_file: KeyFileOption = None,
 ) -> None:
     """Start deleting a model (it shows DELETING until its deployment is gone)."""
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         model = client.delete(name, if_match)
-    _print({"model": model}, output, _model_table([model]))
+    emit({"model": model}, output, _model_table([model]))
 
 
 @models_app.command("scale")
@@ -177,9 +178,9 @@ def models_scale(
     }
     if not patch:
         raise _fail("give --min, --max or both", 2)
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         model = client.update(name, patch)
-    _print({"model": model}, output, _model_table([model]))
+    emit({"model": model}, output, _model_table([model]))
 
 
 @models_app.command("events")
@@ -192,7 +193,7 @@ def models_events(
     api_key_file: KeyFileOption = None,
 ) -> None:
     """The model's recorded changes, oldest first: who, what, when."""
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         events = client.events(name, limit)
     table = Table("at", "actor", "action", "changes", "reason")
     for e in events:
@@ -200,7 +201,7 @@ def models_events(
             f"{k}: {c.get('from', '')}->{c.get('to', '')}" for k, c in e["changes"].items()
         )
         table.add_row(e["at"], e["actor"], e["action"], changes, e["reason"])
-    _print({"events": events}, output, table)
+    emit({"events": events}, output, table)
 
 
 @models_app.command("wait")
@@ -212,7 +213,7 @@ def models_wait(
     api_key_file: KeyFileOption = None,
 ) -> None:
     """Wait until every model is ACTIVE (or IDLE at zero); exit 1 on FAILED or the timeout."""
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         wait_for(client, names, timeout)
 
 
@@ -283,7 +284,7 @@ def apply(
     if prune and not selector:
         raise _fail("--prune needs --selector: the label marking the models these files manage", 2)
     labels, documents = _selector_and_documents(files, selector, 1)
-    with _client(url, api_key, api_key_file) as client:
+    with connect(url, api_key, api_key_file) as client:
         actions = plan(client, documents, labels if prune else {})
         suffix = " (dry run)" if dry_run else ""
         for action in actions:
@@ -324,7 +325,7 @@ def diff(
     if prune and not selector:
         raise _fail("--prune needs --selector: the label marking the models these files manage", 2)
     labels, documents = _selector_and_documents(files, selector, 2)
-    with _client(url, api_key, api_key_file, code=2) as client:
+    with connect(url, api_key, api_key_file, code=2) as client:
         actions = plan(client, documents, labels if prune else {})
     changes = [a for a in actions if a.kind != "unchanged"]
     for action in changes:

@@ -123,3 +123,18 @@ class AifClient:
         response = self._call("GET", f"/v1/models/{ref}/events", params={"limit": limit})
         events: builtins.list[dict[str, Any]] = response.json()["events"]
         return events
+
+    def accelerators(self) -> dict[str, Any]:
+        inventory: dict[str, Any] = self._call("GET", "/v1/accelerators").json()
+        return inventory
+
+    def quarantine(self, node: str, index: int, reason: str) -> dict[str, Any]:
+        path = f"/v1/accelerators/{node}/{index}/quarantine"
+        change: dict[str, Any] = self._call("POST", path, json={"reason": reason}).json()
+        return change
+
+    def release(self, node: str, index: int) -> dict[str, Any]:
+        change: dict[str, Any] = self._call(
+            "POST", f"/v1/accelerators/{node}/{index}/release"
+        ).json()
+        return change

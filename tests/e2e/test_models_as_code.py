@@ -230,3 +230,37 @@ def test_a_missing_or_refused_key_says_which(server_factory: type[Server], tmp_p
     from_file = aif(server, "models", "list", "--api-key-file", str(tmp_path / "key"))
     assert from_file.returncode == 0, from_file.stderr
     assert aif(server, "models", "list", key=key).returncode == 0
+
+
+def test_accelerators_shows_the_inventory_and_quarantines_and_releases_a_card(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    server = server_factory(
+        data_dir=tmp_path / "data",
+        engine_args=["--startup-delay-s", "0.2"],
+        env={"AIF_LOCAL_ACCELERATORS": '{"node-a": 2, "node-b": 2}'},
+    )
+    server.start()
+    inventory = yaml.safe_load(aif(server, "accelerators", "-o", "json").stdout)
+    assert [n["node"] for n in inventory["nodes"]] == ["node-a", "node-b"]
+    assert len(inventory["cards"]) == 4
+
+    out = aif(server, "accelerators", "quarantine", "node-b", "1", "--reason", "ECC errors")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "node-b/1: quarantined"
+    table = aif(server, "accelerators")
+    assert table.returncode == 0, table.stderr
+    assert "node-b/1" in table.stdout and "ECC errors" in table.stdout
+    card = next(
+        c
+        for c in httpx.get(f"{server.url}/v1/accelerators").json()["cards"]
+        if (c["node"], c["index"]) == ("node-b", 1)
+    )
+    assert card["state"] == "quarantined"
+
+    released = aif(server, "accelerators", "release", "node-b", "1")
+    assert released.returncode == 0 and released.stdout.strip() == "node-b/1: released"
+    again = aif(server, "accelerators", "release", "node-b", "1")
+    assert again.stdout.strip() == "node-b/1: was not quarantined"
+    unknown = aif(server, "accelerators", "quarantine", "node-c", "0", "--reason", "x")
+    assert unknown.returncode == 1 and "node-c" in unknown.stderr
