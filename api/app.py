@@ -373,6 +373,7 @@ def _task_executor_manager(
         source,
         interval_s=settings.scale_interval_s,
         pressure_pass_s=settings.scale_pressure_pass_s,
+        preempt_settle_s=settings.scale_preempt_settle_s,
         policy=PolicyConfig(
             target_utilisation=settings.scale_target_utilisation,
             panic_window_s=settings.scale_panic_window_s,

@@ -372,6 +372,8 @@ class _HostPool:
         self.host, self.port, self.ssl = host, port, ssl
         self.authority = f"{host}:{port}".encode()
         self.idle: collections.deque[_Connection] = collections.deque()
+        # The instance left the routing table: connections back from a request are closed.
+        self.retired = False
 
     def _expire(self, now: float) -> None:
         idle, oldest = self.idle, now - self._client.keepalive_s
@@ -387,6 +389,9 @@ class _HostPool:
         return None
 
     def put(self, conn: _Connection) -> None:
+        if self.retired:
+            conn.close()
+            return
         now = time.monotonic()
         conn.idle_since = now
         self.idle.append(conn)
@@ -472,6 +477,16 @@ class UpstreamPool:
         except BaseException:
             conn.release(False)
             raise
+
+    def retain(self, urls: set[str]) -> None:
+        """Close the idle connections to every instance but those of ``urls`` (the routing
+        table's), and those of its requests as they end: an instance that left routing, being
+        drained, has nothing connected once its last request is answered, not a keep-alive
+        later."""
+        for url in [u for u in self._hosts if u not in urls]:
+            host, _ = self._hosts.pop(url)
+            host.retired = True
+            host.close()
 
     def close(self) -> None:
         for host, _ in self._hosts.values():

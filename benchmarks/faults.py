@@ -13,6 +13,11 @@ instance) and ``spare`` (priority -5, 1 card). Two phases:
   whether any instance sits on the faulted card afterwards, and the card's quarantine reason.
 * **cards exhausted**: ``spare`` asks for 4 instances where 1 card is free: the time until its
   ``status_msg`` says why it waits, and the engine processes running against the inventory.
+* **priority**: the faulted card released, ``spare`` runs 2 instances (1 above its minimum) and
+  every card is taken; with streams on ``spare`` and on ``prod``, ``prod`` is asked for a third
+  instance (its ``min_instance`` raised to 3, as a burst's scale-up would). Reported: the time
+  until ``prod`` has 3 ready instances, ``spare``'s streams cut (none should be: the lent
+  instance drains first), requests failed on either model, and the ``model.preempt`` events.
 
 Every child process is killed at exit.
 """
@@ -80,8 +85,10 @@ def _model(url: str, name: str) -> dict[str, Any]:
     return model
 
 
-async def _stream(client: httpx.AsyncClient, url: str, counts: dict[str, int]) -> None:
-    body = {"model": "prod", "stream": True, "max_tokens": STREAM_TOKENS,
+async def _stream(
+    client: httpx.AsyncClient, url: str, counts: dict[str, int], model: str = "prod"
+) -> None:
+    body = {"model": model, "stream": True, "max_tokens": STREAM_TOKENS,
             "messages": [{"role": "user", "content": "tell me about cards"}]}  # fmt: skip
     got_bytes = False
     try:
@@ -98,14 +105,16 @@ async def _stream(client: httpx.AsyncClient, url: str, counts: dict[str, int]) -
         counts["cut_mid_stream" if got_bytes else "failed_before_first_byte"] += 1
 
 
-async def _load(url: str, streams: int, duration_s: float, counts: dict[str, int]) -> None:
+async def _load(
+    url: str, streams: int, duration_s: float, counts: dict[str, int], model: str = "prod"
+) -> None:
     deadline = time.monotonic() + duration_s
     limits = httpx.Limits(max_connections=streams)
     async with httpx.AsyncClient(trust_env=False, timeout=30.0, limits=limits) as client:
 
         async def worker() -> None:
             while time.monotonic() < deadline:
-                await _stream(client, url, counts)
+                await _stream(client, url, counts, model)
 
         await asyncio.gather(*(worker() for _ in range(streams)))
 
@@ -160,6 +169,42 @@ def _exhausted_phase(url: str, aif: psutil.Process) -> dict[str, Any]:
             "elapsed_s": round(time.monotonic() - started, 1)}  # fmt: skip
 
 
+def _priority_phase(url: str, streams: int) -> dict[str, Any]:
+    (card,) = [c for c in httpx.get(f"{url}/v1/accelerators").json()["cards"]
+               if c["state"] == "quarantined"]  # fmt: skip
+    httpx.post(f"{url}/v1/accelerators/{card['node']}/{card['index']}/release")
+    httpx.put(f"{url}/v1/models/spare", json={"min_instance": 2, "max_instance": 2})
+    _wait(lambda: _model(url, "spare")["ready_instances"] == 2, "spare at 2")
+    httpx.put(f"{url}/v1/models/spare", json={"min_instance": 1})
+    counts = {name: {"ok": 0, "failed_before_first_byte": 0, "cut_mid_stream": 0}
+              for name in ("prod", "spare")}  # fmt: skip
+    result: dict[str, Any] = {}
+
+    def burst_then_watch() -> None:
+        time.sleep(1.0)
+        started = time.monotonic()
+        httpx.put(f"{url}/v1/models/prod", json={"min_instance": 3, "max_instance": 3})
+        result["prod_three_ready_s"] = round(_wait(
+            lambda: _model(url, "prod")["ready_instances"] == 3, "prod at 3"), 2)  # fmt: skip
+        result["spare_instances_after"] = _model(url, "spare")["instances"]
+        result["elapsed_s"] = round(time.monotonic() - started, 2)
+
+    async def run() -> None:
+        await asyncio.gather(_load(url, streams // 2, 8.0, counts["prod"], "prod"),
+                             _load(url, streams // 2, 8.0, counts["spare"], "spare"),
+                             asyncio.to_thread(burst_then_watch))  # fmt: skip
+
+    asyncio.run(run())
+    events = httpx.get(f"{url}/v1/models/spare/events").json()["events"]
+    result["streams"] = counts
+    result["preempt_events"] = [
+        {"changes": e["changes"], "reason": e["reason"]}
+        for e in events
+        if e["action"] == "model.preempt"
+    ]
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=64)
@@ -168,7 +213,7 @@ def main() -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "AIF_LOG_LEVEL": "WARNING", "AIF_ENGINE_ARGS": json.dumps(ENGINE_ARGS),
-           "AIF_LOCAL_ACCELERATORS": json.dumps(CARDS), "AIF_SCALE_INTERVAL_S": "86400",
+           "AIF_LOCAL_ACCELERATORS": json.dumps(CARDS),
            "AIF_QUARANTINE_PROBATION_S": "0"}  # fmt: skip
     log = (work / "aif.log").open("wb")
     process = subprocess.Popen(
@@ -186,6 +231,8 @@ def main() -> int:
         print(json.dumps({"models_active_s": round(start_s, 2)}))
         print(json.dumps({"device_fault": _fault_phase(url, aif, args.streams)}))
         print(json.dumps({"cards_exhausted": _exhausted_phase(url, aif)}))
+        httpx.put(f"{url}/v1/models/spare", json={"min_instance": 1, "max_instance": 1})
+        print(json.dumps({"priority": _priority_phase(url, args.streams)}))
     finally:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

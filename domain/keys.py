@@ -80,6 +80,8 @@ class AuditAction(enum.StrEnum):
     MODEL_UPDATE = "model.update"
     MODEL_DELETE = "model.delete"
     MODEL_SCALE = "model.scale"
+    # A model's spare instances lent to a higher-priority one short of cards, or given back.
+    MODEL_PREEMPT = "model.preempt"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     # A card taken out of service (an engine's device fault, or an admin) or given back.

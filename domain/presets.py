@@ -137,6 +137,19 @@ def instance_capacity(model_type: str, override: int = 0) -> int:
     return preset.vllm.max_num_seqs if preset else DEFAULT_MAX_NUM_SEQS
 
 
+def card_shape(model_type: str, resource_type: str) -> tuple[int, int]:
+    """(cards per pod, pods) one instance of ``model_type`` needs on ``resource_type``: its
+    preset's profile, one card for an unknown preset or resource type."""
+    preset = load_presets().get(model_type)
+    profile = next(
+        (p for kind, p in (preset.resources.items() if preset else ()) if kind == resource_type),
+        None,
+    )
+    if profile is None:
+        return 1, 1
+    return profile.accelerators_per_node, profile.nodes
+
+
 def preset_names() -> list[str]:
     return list(load_presets())
 
@@ -150,6 +163,7 @@ __all__ = [
     "ResourceType",
     "SimulatorProfile",
     "VllmArgs",
+    "card_shape",
     "instance_capacity",
     "load_presets",
     "preset_names",

@@ -194,6 +194,9 @@ class Settings(ClusterConfig, BaseSettings):
     # capacity), so that a burst this big does not wait for an instance to start; it costs
     # instances while traffic is low. 0: only the target utilisation's headroom.
     scale_burst_capacity: float = Field(default=0.0, ge=0)
+    # After a model lends instances to a higher-priority one short of cards, the borrower
+    # waits this long for them (the lender's instances drain) before more are taken.
+    scale_preempt_settle_s: float = Field(default=60.0, ge=0)
 
     # Kubernetes runtime (see infra/); what models get on the cluster is ClusterConfig's.
     pulumi_backend_url: str = ""

@@ -18,10 +18,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from domain.keys import SCALER, AuditEvent
+from domain.keys import SCALER, AuditAction, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus, Scaling, utc_now
 from domain.store import ModelStore, WriteContention, audit, rewrite
@@ -30,6 +31,7 @@ from scaler.capacity_store import CapacityWrites, known_capacity, learnt_capacit
 from scaler.metrics import MetricsSource
 from scaler.placement import hold_for_cards
 from scaler.policy import Decision, PolicyConfig, ScalingContext, ScalingState, decide
+from scaler.preemption import Loan, cap, plan
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class TaskExecutorManager:
         capacity_of: Callable[[ModelRecord], int] = lambda record: instance_capacity(record.type),
         registry: CollectorRegistry | None = None,
         pressure_pass_s: float = 0.0,
+        preempt_settle_s: float = 60.0,
     ) -> None:
         self._store = store
         self._source = source
@@ -113,6 +116,8 @@ class TaskExecutorManager:
         self._metrics = ScalerMetrics(registry) if registry is not None else None
         self._states: dict[str, ScalingState] = {}
         self._capacity_writes = CapacityWrites()
+        self._loans: dict[str, Loan] = {}
+        self._preempt_settle_s = preempt_settle_s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -158,6 +163,7 @@ class TaskExecutorManager:
         scaled = [r for r in records if r.status in SCALED_STATUSES]
         if names is None:
             self._states = {k: v for k, v in self._states.items() if k in {r.id for r in scaled}}
+        await self._preempt(scaled)
         for record in scaled:
             if names is None or record.name in names:
                 if names is not None and self._metrics is not None:
@@ -181,6 +187,7 @@ class TaskExecutorManager:
         state = self._states.get(record.id, ScalingState())
         decision, self._states[record.id] = decide(ctx, state, self._policy)
         decision = hold_for_cards(record, decision)
+        decision = self._within_loan(record, decision)
         if self._metrics is not None:
             self._metrics.record(record.name, record.replicas, decision)
         learnt = self._states[record.id]
@@ -195,6 +202,54 @@ class TaskExecutorManager:
         )  # fmt: skip
         await asyncio.to_thread(self._write_replicas, record, decision, learnt)
         self._capacity_writes.wrote(record.id, ctx.now)
+
+    async def _preempt(self, records: list[ModelRecord]) -> None:
+        """Lend spare instances to higher-priority models short of cards; end loans whose need
+        has passed (:mod:`scaler.preemption`). Each move is logged and audited."""
+        before = self._loans
+        result = plan(records, before, self._clock(), self._preempt_settle_s)
+        self._loans = result.loans
+        events = []
+        for loan in result.made:
+            was = before.get(loan.lender_id)
+            held = was.cap if was is not None else loan.cap + loan.taken
+            logger.info(
+                "preemption lender=%s borrower=%s from=%d to=%d reason=%r",
+                loan.lender_name, loan.borrower_name, held, loan.cap, loan.reason,
+            )  # fmt: skip
+            events.append(AuditEvent(
+                actor=SCALER, action=AuditAction.MODEL_PREEMPT,
+                model_id=loan.lender_id, model_name=loan.lender_name,
+                changes={"replicas": {"from": held, "to": loan.cap},
+                         "lent_to": {"to": loan.borrower_name}},
+                reason=loan.reason,
+            ))  # fmt: skip
+        for loan in result.ended:
+            reason = f"{loan.borrower_name} no longer needs the {loan.taken} lent instances"
+            logger.info(
+                "preemption ended lender=%s borrower=%s reason=%r",
+                loan.lender_name, loan.borrower_name, reason,
+            )  # fmt: skip
+            events.append(AuditEvent(
+                actor=SCALER, action=AuditAction.MODEL_PREEMPT,
+                model_id=loan.lender_id, model_name=loan.lender_name,
+                changes={"lent_to": {"from": loan.borrower_name}}, reason=reason,
+            ))  # fmt: skip
+        for event in events:
+            await asyncio.to_thread(audit, self._store, event)
+
+    def _within_loan(self, record: ModelRecord, decision: Decision) -> Decision:
+        """``decision``, at most the instances a loan leaves ``record``."""
+        replicas, loan = cap(self._loans, record, decision.replicas)
+        if loan is None:
+            return decision
+        return replace(
+            decision,
+            replicas=replicas,
+            reason=f"held at {replicas}: {loan.reason}",
+            inputs={**decision.inputs, "wanted_replicas": decision.replicas,
+                    "lent_to": loan.borrower_name},
+        )  # fmt: skip
 
     def _write_capacity(self, seen: ModelRecord, state: ScalingState) -> None:
         """The learnt capacity into the record, without a new generation (nothing to deploy)."""

@@ -144,6 +144,7 @@ class ChatJobExecutor:
     async def refresh(self) -> None:
         self._refreshed_at = time.monotonic()
         self.table.rebuild(await asyncio.to_thread(self._store.list))
+        self._pool.retain({i.url for route in self.table.routes() for i in route.instances})
         # Wake held requests: each waits on the event of the table it last saw.
         rebuilt, self._rebuilt = self._rebuilt, asyncio.Event()
         rebuilt.set()

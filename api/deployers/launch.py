@@ -81,15 +81,6 @@ VISIBLE_DEVICES_ENV = {
 }
 
 
-def card_shape(spec: DeploymentSpec) -> tuple[int, int]:
-    """(cards per pod, pods) one instance of ``spec`` needs; one card for an unknown preset."""
-    preset = load_presets().get(spec.type)
-    profile = _profile(preset, spec.resource_type) if preset is not None else None
-    if profile is None:
-        return 1, 1
-    return profile.accelerators_per_node, profile.nodes
-
-
 def visible_devices_env(resource_type: str, devices: str) -> dict[str, str]:
     """The variable the engine's runtime reads its cards from (``ASCEND_RT_VISIBLE_DEVICES``)."""
     name = VISIBLE_DEVICES_ENV.get(resource_type)

@@ -67,7 +67,6 @@ from api.deployers._processes import (
 from api.deployers.device_faults import find_device_fault
 from api.deployers.launch import (
     ENGINE_HOST,
-    card_shape,
     engine_command,
     engine_env,
     health_path,
@@ -75,6 +74,7 @@ from api.deployers.launch import (
 )
 from domain.accelerators import Placement
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.presets import card_shape
 from domain.records import Endpoint
 from domain.settings import Settings
 
@@ -254,7 +254,7 @@ class LocalDeployer:
         placement: Placement | None = None
         probation: list[tuple[str, int]] = []
         if self.accelerators is not None:
-            cards_per_pod, pods = card_shape(spec)
+            cards_per_pod, pods = card_shape(spec.type, spec.resource_type)
             holder = (spec.model_id, spec.name, instance_id)
             placement = self.accelerators.place(spec.resource_type, cards_per_pod, pods, holder)
             if placement is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from domain.records import ModelRecord
+from domain.store import rewrite
 from tests.chat_job_executor.conftest import LoopbackEngine, model_record
 
 CHAT = "/v1/chat/completions"
@@ -233,3 +236,61 @@ async def test_a_slow_client_pauses_the_engine_and_gets_every_byte(
     assert held_back < total // 2
     assert received.count(b"data: x") == total
     assert received.endswith(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+async def test_an_instance_that_leaves_routing_keeps_no_connection_from_the_gateway(
+    raw_engine: Any, gateway: Any
+) -> None:
+    """Once an instance is out of the model's endpoints (scaled in, being drained), the
+    gateway's kept-alive connections to it close at the next refresh, and one whose request was
+    in flight closes when its answer ends: nothing holds the drain for a keep-alive."""
+    release = asyncio.Event()
+
+    async def held(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if index == 0:
+            return await _sse(index, reader, writer)
+        writer.write(SSE_HEAD + _chunk(b'data: {"token": 0}\n\n'))
+        await writer.drain()
+        await release.wait()
+        writer.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    kept, in_flight = await raw_engine(_sse), await raw_engine(held)
+    gw = await gateway(upstream_keepalive_s=60.0, routing_policy="round-robin")
+    record = gw.store.create(model_record("m", [kept, in_flight]))
+    async with httpx.AsyncClient() as client:
+        # One request to each: both connections pooled; a second, held open, to in_flight.
+        while kept.requests == 0 or in_flight.requests == 0:
+            response = await client.post(gw.url + CHAT, json=STREAM)
+            assert response.text.endswith("data: [DONE]\n\n")
+        kept_pool = {w for w in kept._writers if not w.is_closing()}
+        assert len(kept_pool) == 1
+
+        async def long_one() -> str:
+            while True:  # until the round lands on in_flight
+                response = await client.post(gw.url + CHAT, json=STREAM)
+                if in_flight.requests == 2:
+                    return response.text
+
+        pending = asyncio.create_task(long_one())
+        await _until(lambda: in_flight.requests == 2)
+        rewrite(gw.store, record.id, _without_endpoints)
+        # The idle one closes at the refresh, not after the 60 s keep-alive.
+        await _until(lambda: all(w.is_closing() for w in kept._writers))
+        # The one in flight finishes whole, and its connection is closed, not pooled.
+        release.set()
+        assert (await pending).endswith("data: [DONE]\n\n")
+        await _until(lambda: all(w.is_closing() for w in in_flight._writers))
+
+
+def _without_endpoints(record: ModelRecord) -> ModelRecord:
+    record.endpoints, record.ready_instances = [], 0
+    return record
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        await asyncio.sleep(0.01)
