@@ -382,6 +382,8 @@ def _task_executor_manager(
             latency_window_s=settings.scale_window_s,
             idle_window_s=settings.scale_idle_s,
             burst_capacity=settings.scale_burst_capacity,
+            probe_ratio=settings.scale_probe_ratio,
+            room_ratio=settings.scale_room_ratio,
         ),
         on_change=on_change,
         capacity_of=lambda record: instance_capacity(

@@ -194,6 +194,12 @@ class Settings(ClusterConfig, BaseSettings):
     # capacity), so that a burst this big does not wait for an instance to start; it costs
     # instances while traffic is low. 0: only the target utilisation's headroom.
     scale_burst_capacity: float = Field(default=0.0, ge=0)
+    # With the SLO met by this margin (p95 over target at most this), a steady model probes one
+    # instance fewer than its learnt capacity says it needs (0: never); and while it is met by
+    # scale_room_ratio's, the steady stage adds none for a demand that is not rising (0: the
+    # learnt capacity alone decides). Bursts and breaches act at once either way.
+    scale_probe_ratio: float = Field(default=0.6, ge=0, le=1)
+    scale_room_ratio: float = Field(default=0.8, ge=0, le=1)
     # After a model lends instances to a higher-priority one short of cards, the borrower
     # waits this long for them (the lender's instances drain) before more are taken.
     scale_preempt_settle_s: float = Field(default=60.0, ge=0)

@@ -10,9 +10,12 @@ requests wide), an exponentially weighted mean of the SLO ratio seen there (the 
 TTFT / target and p95 TPOT / target; above 1 misses). Samples come from the policy's passes
 (:func:`observe_sample`: the mean concurrency per ready instance over the latency window, with
 the window's ratio) and from a profile (:mod:`scaler.profile`: one instance stepped through
-concurrencies). The engines' own queue signals count as misses at the concurrency they
-appeared at (:func:`engine_full`): requests waiting inside the engine, or its KV cache full,
-mean it holds fewer than it was given.
+concurrencies). The curve is kept rising with concurrency: a sample drops the bins it
+contradicts (misses below a concurrency that meets the SLO now, meets above one that misses), so
+a miss paired with too low a concurrency (a window's mean, while load rose) does not stay to
+cap the estimate once higher concurrencies are seen to meet it. The engines' own queue signals
+count as misses at the concurrency they appeared at (:func:`engine_full`): requests waiting
+inside the engine, or its KV cache full, mean it holds fewer than it was given.
 
 :func:`estimate` reads the curve: between the highest bin that met the SLO and the lowest that
 missed it above, the concurrency where the ratio reaches 1 (linear between the two); with only
@@ -78,7 +81,17 @@ def observe_sample(
     if concurrency <= 0 or not math.isfinite(ratio) or ratio < 0:
         return curve
     index = math.floor(concurrency / curve.bin_width)
-    bins = {b.index: b for b in curve.bins}
+    met = ratio <= 1 + TOLERANCE
+    # The curve rises with concurrency: a sample contradicts the bins on its other side (a
+    # miss below a concurrency that now meets the SLO, a meet above one that now misses).
+    # The newer says what the engines do now, so those bins go.
+    bins = {
+        b.index: b
+        for b in curve.bins
+        if b.index == index
+        or (b.ratio <= 1 + TOLERANCE) == met
+        or (b.concurrency > concurrency if met else b.concurrency < concurrency)
+    }
     old = bins.get(index)
     if old is None:
         bins[index] = Bin(index, concurrency, ratio, 1)
@@ -87,7 +100,7 @@ def observe_sample(
         mean = old.ratio + SAMPLE_WEIGHT * (ratio - old.ratio)
         bins[index] = Bin(index, at, mean, old.samples + 1)
     best = curve.tokens_per_s
-    if tokens_per_s is not None and ratio <= 1 + TOLERANCE:
+    if tokens_per_s is not None and met:
         best = tokens_per_s if best is None else max(best, tokens_per_s)
     return replace(curve, bins=tuple(bins[k] for k in sorted(bins)), tokens_per_s=best)
 
@@ -138,6 +151,16 @@ def estimate(curve: CapacityCurve, preset_capacity: int) -> float | None:
         return _clamp(highest * EXTRAPOLATE_FACTOR, ceiling)
     at_one = (1 - intercept) / slope
     return _clamp(min(max(at_one, highest), highest * EXTRAPOLATE_FACTOR), ceiling)
+
+
+def predicted_ratio(curve: CapacityCurve, concurrency: float) -> float | None:
+    """The SLO ratio the bins that met the SLO predict at ``concurrency`` (their line, as
+    :func:`estimate` extrapolates it); None with fewer than two of them."""
+    met = [b for b in curve.bins if b.ratio <= 1 + TOLERANCE]
+    if len(met) < 2:
+        return None
+    slope, intercept = _fit(met)
+    return intercept + max(slope, 0.0) * concurrency
 
 
 def _fit(bins: list[Bin]) -> tuple[float, float]:

@@ -58,10 +58,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from domain.records import within_bounds
-from scaler.capacity import TOLERANCE, CapacityCurve, engine_full, estimate, observe_sample
+from scaler.capacity import (
+    TOLERANCE,
+    CapacityCurve,
+    engine_full,
+    estimate,
+    observe_sample,
+    predicted_ratio,
+)
 from scaler.metrics import LoadSnapshot
 
 Inputs = Mapping[str, float | int | str | None]
+
+# Concurrency now (or over the panic window) this much over the stable window's mean: rising.
+RISING = 1.1
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,18 @@ class PolicyConfig:
     # instances hold at once (Knative's target burst capacity): a burst this big is served
     # at once instead of waiting for an instance to start. 0: none beyond the utilisation.
     burst_capacity: float = 0.0
+    # A probe: with the SLO met by this margin (the worse p95 over its target at most this)
+    # through a settled latency window and every instance ready, a steady model gives back one
+    # instance although its learnt capacity says it holds the demand. The capacity beyond the
+    # concurrency seen is not known, and only fewer instances show it; a probe that misses is
+    # a sample like any other (the estimate falls, the instance comes back). 0: never.
+    probe_ratio: float = 0.6
+    # While the SLO is met by this margin (the worse p95 over its target at most this, latency
+    # settled), the steady stage adds no instance for a demand its estimate says is beyond
+    # target: the estimate may be low (it extrapolates from what was seen, and probes show
+    # more), and latency says the instances hold it. A burst (panic) and a breach still act
+    # at once. 0: the estimate alone decides.
+    room_ratio: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -145,6 +167,8 @@ class ScalingState:
     curve: CapacityCurve | None = None
     # (time, concurrency per ready instance) over the latency window.
     per_instance: tuple[tuple[float, float], ...] = ()
+    # When the last probe gave an instance back: the next waits for a latency window of its own.
+    probed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -295,7 +319,7 @@ def per_instance_target(ctx: ScalingContext, estimate: float | None, config: Pol
 
 def recommend(
     ctx: ScalingContext, sig: Signals, estimate: float | None, breach_lasted: bool,
-    config: PolicyConfig,
+    config: PolicyConfig, curve: CapacityCurve | None = None, probed_at: float | None = None,
 ) -> tuple[str, int]:  # fmt: skip
     """(stage, replicas it asks for), before steps and bounds."""
     if sig.idle:
@@ -303,20 +327,85 @@ def recommend(
     target = per_instance_target(ctx, estimate, config)
     holds = ctx.ready * (float(ctx.capacity_per_instance) if estimate is None else estimate)
     burst = max(sig.now, sig.panic_mean)
-    if burst > holds:
-        return "panic", max(math.ceil(burst / target), 1)
     demand = max(sig.stable_mean, sig.panic_mean)
+    # Latency says the ready instances hold a demand that is not rising, within what the
+    # engines hold at the preset's target: the estimate's "beyond" is the estimate's doubt.
+    roomy = (
+        _room(sig, config)
+        and not _engines_full(ctx)
+        and burst <= sig.stable_mean * RISING
+        and demand <= ctx.ready * per_instance_target(ctx, None, config)
+    )
+    if burst > holds and not roomy:
+        return "panic", max(math.ceil(burst / target), 1)
     steady = max(math.ceil(demand / target), 1)
     if steady < ctx.replicas:
         # Fewer only with room to spare: demand hovering at a boundary does not flap.
         steady = max(steady, math.ceil(demand / (target * config.scale_in_band)))
+    stage = "steady"
+    if steady > ctx.replicas and roomy:
+        stage, steady = "room", ctx.replicas
     if config.burst_capacity > 0:
         whole = float(ctx.capacity_per_instance) if estimate is None else estimate
         spare = math.ceil((sig.stable_mean + config.burst_capacity) / max(whole, 1e-9))
-        steady = max(steady, spare)
+        stage, steady = ("steady", spare) if spare > steady else (stage, steady)
     if breach_lasted:
         return "breach", max(steady, ctx.ready + 1)
-    return "steady", steady
+    held = min(steady, ctx.max_instance) == ctx.replicas
+    if held and _may_probe(ctx, sig, demand, curve, probed_at, config):
+        return "probe", ctx.replicas - 1
+    return stage, steady
+
+
+def _engines_full(ctx: ScalingContext) -> bool:
+    """The engines say they hold fewer than they were given (a queue inside, KV cache full)."""
+    snap = ctx.snapshot
+    if snap is None or ctx.ready < 1:
+        return False
+    waiting = None if snap.engine_waiting is None else snap.engine_waiting / ctx.ready
+    return engine_full(snap.in_flight / ctx.ready, waiting, snap.kv_usage) is not None
+
+
+def _room(sig: Signals, config: PolicyConfig) -> bool:
+    """The SLO met with ``room_ratio``'s margin over a settled latency window."""
+    return sig.ratio is not None and sig.settled and sig.ratio <= config.room_ratio
+
+
+def _may_probe(
+    ctx: ScalingContext, sig: Signals, demand: float, curve: CapacityCurve | None,
+    probed_at: float | None, config: PolicyConfig,
+) -> bool:  # fmt: skip
+    """Whether one instance fewer is worth trying (see ``PolicyConfig.probe_ratio``): the SLO met
+    with room, latency settled, all instances ready, demand not rising (the panic window's mean
+    no higher than the stable window's), none given back within a latency window, and the
+    concurrency per instance it would leave within the preset's target (with ``burst_capacity``'s
+    room), where the line of the curve's meets (if it has one) predicts a ratio halfway between
+    ``probe_ratio`` and ``room_ratio`` at most (so a probe does not end past the room and back),
+    and no higher than any the curve saw missing (a probe there re-measures the miss)."""
+    if config.probe_ratio <= 0 or sig.ratio is None or sig.ratio > config.probe_ratio:
+        return False
+    if not sig.settled or ctx.replicas < 2 or ctx.ready < ctx.replicas or demand <= 0:
+        return False
+    if sig.panic_mean > sig.stable_mean or _probing(ctx, probed_at, config):
+        return False
+    after = demand / (ctx.replicas - 1)
+    if after > per_instance_target(ctx, None, config):
+        return False
+    whole = float(max(ctx.capacity_per_instance, 1))
+    if math.ceil((sig.stable_mean + config.burst_capacity) / whole) > ctx.replicas - 1:
+        return False  # the spare room burst_capacity asks for, even at the preset's capacity
+    if curve is None:
+        return True
+    predicted = predicted_ratio(curve, after)
+    if predicted is not None and predicted > (config.probe_ratio + config.room_ratio) / 2:
+        return False  # the curve's line says the fewer would come near the room's edge
+    missed = [b.concurrency for b in curve.bins if b.ratio > 1 + TOLERANCE]
+    return not missed or after <= min(missed)
+
+
+def _probing(ctx: ScalingContext, probed_at: float | None, config: PolicyConfig) -> bool:
+    """Within a latency window of a probe: its latency is not all in the window yet."""
+    return probed_at is not None and ctx.now - probed_at < config.latency_window_s
 
 
 def _keep(since: float | None, now: float) -> float:
@@ -342,7 +431,7 @@ def _act(
             return replicas, f"{stage}: {replicas - ctx.ready} instances still starting", state
         after = replace(state, breach_since=None, unsettled_at=now) if stage == "breach" else state
         return min(wanted, ceiling), f"{stage}: scale up to the demand", after
-    if wanted == replicas or stage != "steady":
+    if wanted == replicas or stage not in ("steady", "probe", "room"):
         return replicas, "within target", state
     held = max(n for t, n in state.recommendations)
     if held >= replicas:
@@ -350,6 +439,9 @@ def _act(
     observed_for = now - _keep(state.observed_since, now)
     if observed_for < config.downscale_delay_s:
         return replicas, f"low for {observed_for:.0f}/{config.downscale_delay_s:.0f}s", state
+    if stage == "probe":
+        probed = replace(state, probed_at=now)
+        return replicas - 1, "probe: SLO met with room, one instance fewer", probed
     return max(held, replicas - config.max_step_down), "stable window: scale in", state
 
 
@@ -369,7 +461,9 @@ def decide(
     curve, learnt = learn(state, ctx, snap, sig, config)
     state = replace(state, curve=curve, capacity_estimate=learnt)
     estimate = learnt
-    stage, wanted = recommend(ctx, sig, estimate, breach_lasted, config)
+    stage, wanted = recommend(
+        ctx, sig, estimate, breach_lasted, config, state.curve, state.probed_at
+    )
     kept = tuple((t, n) for t, n in state.recommendations if t > now - config.scale_in_hold_s)
     state = replace(state, recommendations=(*kept, (now, wanted)))
     target, reason, state = _act(ctx, stage, wanted, state, config)

@@ -4,6 +4,7 @@ fake clock stepping the policy, and the curve read back."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -70,6 +71,7 @@ class Engines:
         self.replicas = 1
         self.state = ScalingState()
         self.worst_ratio_after: dict[float, float] = {}
+        self.config = CONFIG
 
     def step(self, now: float, concurrency: float) -> tuple[int, float | None]:
         per_instance = concurrency / self.replicas
@@ -83,7 +85,7 @@ class Engines:
             max_instance=12, ttft_target_ms=TTFT_TARGET_MS, tpot_target_ms=TPOT_TARGET_MS,
             capacity_per_instance=MAX_NUM_SEQS, snapshot=snap,
         )  # fmt: skip
-        decision, self.state = decide(ctx, self.state, CONFIG)
+        decision, self.state = decide(ctx, self.state, self.config)
         self.replicas = decision.replicas
         return self.replicas, self.state.capacity_estimate
 
@@ -117,3 +119,35 @@ def test_a_step_far_above_what_was_seen_is_met_within_passes_not_windows() -> No
     replicas, _ = engines.step(now, 200.0)
     # The first pass of the step: the miss it sees lowers the capacity at once.
     assert replicas > before and replicas >= 4
+
+
+def _run_step_after_quiet(config: PolicyConfig) -> tuple[list[int], float]:
+    """10 in flight for a minute, then 100 for ten: the replicas after each pass at 100, and
+    the worst SLO ratio once the step's first passes are over."""
+    engines = Engines()
+    engines.config = config
+    now, replicas, worst = 0.0, [], 0.0
+    for _ in range(60):
+        engines.step(now, 10.0)
+        now += 1.0
+    for k in range(600):
+        replicas.append(engines.step(now, 100.0)[0])
+        now += 1.0
+        if k >= 2:
+            worst = max(worst, slo_ratio(100.0 / engines.replicas))
+    return replicas, worst
+
+
+def test_a_capacity_learnt_low_is_probed_up_to_what_the_instances_hold() -> None:
+    """What was seen at 10 in flight puts the capacity at twice that at most, so the step to
+    100 is met with many more instances than the engines need (the SLO's crossing is at 60
+    per instance). Held there, they never see more per instance; probes give back one at a
+    time while the SLO is met with room, so the replicas come down to what the curve allows
+    at the probe's margin, with no miss and no reversal."""
+    probed, worst = _run_step_after_quiet(CONFIG)
+    unprobed, _ = _run_step_after_quiet(replace(CONFIG, probe_ratio=0))
+    assert max(unprobed) >= 6 and unprobed[-1] >= 5  # held by the estimate from 10 in flight
+    assert probed[-1] <= 3  # ceil(100 / 36): the ratio reaches 0.6 at 36 per instance
+    assert worst <= 1.0
+    peak = probed.index(max(probed))
+    assert probed[peak:] == sorted(probed[peak:], reverse=True)  # down only, after the step

@@ -335,3 +335,28 @@ def test_demand_hovering_at_a_boundary_does_not_flap() -> None:
         in_flight = 12 if (t // 40) % 2 == 0 else 15
         seen.append(model.step(t, load(in_flight=in_flight, ratio=None)).replicas)
     assert set(seen) == {3}
+
+
+def test_latency_with_room_holds_a_demand_the_estimate_calls_too_much() -> None:
+    """A capacity learnt low (twice the 2 per instance seen with the SLO met) sizes 12 in
+    flight at 5 instances. With the SLO met with room and the demand steady, probes give
+    instances back and room keeps the fewer (never back up), while a burst over them is
+    still met at once."""
+    model = Model(replicas=3)
+    model.run(range(0, 40), load(in_flight=3, ratio=0.3))
+    model.run(range(40, 80), load(in_flight=6, ratio=0.3))
+    assert model.state.capacity_estimate == pytest.approx(4)
+    rising = model.run(range(80, 90), load(in_flight=12, ratio=0.3))
+    assert rising[-1] == 5  # ceil(12 / (4 * 0.7)): a rising demand is met by the estimate
+    steady = model.run(range(90, 400), load(in_flight=12, ratio=0.3))
+    assert steady == sorted(steady, reverse=True) and steady[-1] <= 3
+    stages = {d.inputs["stage"] for d in model.decisions[90:]}
+    assert {"probe", "room"} <= stages
+    burst = model.step(400, load(in_flight=40, ratio=0.3))
+    assert burst.inputs["stage"] == "panic" and burst.replicas > steady[-1]
+
+
+def test_room_does_not_hide_engines_that_queue_inside() -> None:
+    model = Model(replicas=2)
+    decision = model.step(0, load(in_flight=10, ratio=0.3, engine_waiting=4))
+    assert decision.inputs["stage"] == "panic" and decision.replicas > 2
