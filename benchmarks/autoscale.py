@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -260,6 +261,15 @@ def shaped_trace(
     return arrivals
 
 
+def trace_phases(name: str, quick: bool) -> tuple[Phase, ...]:
+    """The trace's phases as replayed (none for the Azure slice: its load is its own)."""
+    if name == "azure":
+        return ()
+    scale = QUICK_SCALE if quick else 1.0
+    phases = FULL_TRACE if name == "seeded" else SHAPES[name]
+    return tuple(Phase(p.name, p.rate, p.duration_s * scale) for p in phases)
+
+
 def build_trace(
     name: str, seed: int, quick: bool, azure: Path, azure_start_s: float
 ) -> tuple[list[Arrival], float, str]:
@@ -270,8 +280,7 @@ def build_trace(
         trace = azure_trace(azure, azure_start_s, duration, seed)
         return trace, duration, (f"azure2023_conv.csv from {azure_start_s:g}s for {duration:g}s, "
                                  f"{len(trace)} requests, open-loop, its own lengths")  # fmt: skip
-    phases = FULL_TRACE if name == "seeded" else SHAPES[name]
-    phases = tuple(Phase(p.name, p.rate, p.duration_s * scale) for p in phases)
+    phases = trace_phases(name, quick)
     if name == "seeded":
         trace = make_trace(phases, seed)
         lengths = "of 64-192 tokens"
@@ -525,6 +534,8 @@ class Run:
     idle_to_min_s: float | None = None
     replicas_at_end: int | None = None
     decisions: list[str] = field(default_factory=list)
+    # (seconds from the trace's start, from, to) of each decision.
+    moves: list[tuple[float, int, int]] = field(default_factory=list)
     zero: Zero | None = None  # the scale-to-zero phase that followed, when scaled
 
 
@@ -554,9 +565,10 @@ async def replay(label: str, aif: Aif, model_id: str, trace: list[Arrival], trac
     return Run(label, results, samples, trace_s, last_answer_s)
 
 
-def decisions(log: Path, origin_wall: float) -> list[str]:
-    """The scaling decisions of aif's log: seconds from the trace's start, from → to, why."""
-    out = []
+def decisions(log: Path, origin_wall: float) -> tuple[list[str], list[tuple[float, int, int]]]:
+    """The scaling decisions of aif's log: one line each (seconds from the trace's start,
+    from → to, why), and (seconds, from, to)."""
+    out, moves = [], []
     pattern = re.compile(
         r"^(\S+ \S+),(\d+) .*scaling decision .* from=(\d+) to=(\d+) reason='([^']*)'"
         r".*?stage=(\S+) slo_ratio=(\S+).*?request_rate=(\S+) in_flight=(\S+) queued=(\S+)"
@@ -567,11 +579,32 @@ def decisions(log: Path, origin_wall: float) -> list[str]:
             continue
         stamp = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(m[2]) / 1000
         ratio = m[7] if m[7] == "None" else f"{float(m[7]):.2f}"
+        moves.append((stamp - origin_wall, int(m[3]), int(m[4])))
         out.append(
             f"t={stamp - origin_wall:6.1f}s {m[3]}→{m[4]} {m[5]!r} (stage {m[6]}, slo ratio "
             f"{ratio}, {float(m[8]):.1f} req/s, {m[9]} in flight, {m[10]} queued)"
         )
-    return out
+    return out, moves
+
+
+def phase_report(phases: tuple[Phase, ...], moves: list[tuple[float, int, int]]) -> list[str]:
+    """Per phase: the first scale-up after it began when its rate is higher than the one
+    before (a step), and the direction reversals among its decisions (the trace's last phase
+    runs on to the last decision)."""
+    lines, start, before = [], 0.0, None
+    for n, phase in enumerate(phases):
+        end = start + phase.duration_s if n < len(phases) - 1 else math.inf
+        inside = [(t, a, b) for t, a, b in moves if start <= t < end]
+        directions = [b > a for _, a, b in inside]
+        reversals = sum(x != y for x, y in itertools.pairwise(directions))
+        text = f"{phase.name} at {start:.0f}s: {len(inside)} decisions, {reversals} reversals"
+        if before is not None and phase.rate > before:
+            up = next((t - start for t, a, b in inside if b > a), None)
+            text += f", first scale-up {up:.1f}s after it began" if up is not None else (
+                ", no scale-up")  # fmt: skip
+        lines.append(text)
+        start, before = start + phase.duration_s, phase.rate
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,7 +713,7 @@ def run_config(
             )
             run.idle_to_min_s -= run.last_answer_s
             keep = True
-        run.decisions = decisions(aif.log, origin_wall)
+        run.decisions, run.moves = decisions(aif.log, origin_wall)
         return run, aif if keep else None, model_id
     finally:
         if not keep:
@@ -825,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.zero = zero_phase(aif, model_id)
                 aif.stop()
                 live.remove(aif)
-        report(runs)
+        report(runs, trace_phases(args.trace, args.quick))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -837,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(runs: list[Run]) -> None:
+def report(runs: list[Run], phases: tuple[Phase, ...] = ()) -> None:
     print("\n" + table(runs) + "\n")
     for run in runs:
         f = figures(run)
@@ -864,6 +897,10 @@ def report(runs: list[Run]) -> None:
                   f"ready {_fmt(zero.engine_ready_s, 2)}s, first token "
                   f"{_fmt(zero.first_token_s, 2)}s after the request was sent; answered whole: "
                   f"{zero.ok}")  # fmt: skip
+        if run.moves and phases:
+            print("  by phase:")
+            for line in phase_report(phases, run.moves):
+                print(f"    {line}")
         if run.decisions:
             print(f"  scaling decisions ({len(run.decisions)}):")
             for line in run.decisions:

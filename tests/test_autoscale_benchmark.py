@@ -14,9 +14,11 @@ from benchmarks.autoscale import (
     SHAPES,
     TRACE_CHOICES,
     Aif,
+    Phase,
     azure_trace,
     build_trace,
     figures,
+    phase_report,
     read_azure,
     register,
     replay,
@@ -78,3 +80,14 @@ def test_a_short_slice_replays_against_aif_serve(tmp_path: Path) -> None:
     result = figures(run)
     assert (result.windows_met, result.windows, result.failed) == (1, 1, 0)
     assert result.instance_s > 0
+
+
+def test_the_phase_report_counts_steps_and_reversals_per_phase() -> None:
+    phases = (Phase("low", 1, 40), Phase("burst", 10, 20), Phase("low", 1, 60))
+    moves = [(41.5, 1, 3), (44.0, 3, 4), (70.0, 4, 3), (75.0, 3, 4), (90.0, 4, 2), (300.0, 2, 1)]
+    assert phase_report(phases, moves) == [
+        "low at 0s: 0 decisions, 0 reversals",
+        "burst at 40s: 2 decisions, 0 reversals, first scale-up 1.5s after it began",
+        # The last phase runs on to the last decision, past the trace's end.
+        "low at 60s: 4 decisions, 2 reversals",
+    ]
