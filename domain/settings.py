@@ -42,6 +42,9 @@ class ClusterConfig(BaseModel):
     engine_image: str = ""
     scheduler_name: str = ""
     volcano_queue: str = ""
+    # "volcano": each LWS group (leader and workers) is gang-scheduled as one Volcano PodGroup,
+    # created by LWS's Volcano provider; the pods get scheduler_name or "volcano".
+    gang_scheduling: Literal["none", "volcano"] = "none"
     # A fast file-storage PVC (SFS Turbo) that weights are copied to before an engine loads.
     cache_pvc: str = ""
     pod_monitor: bool = False

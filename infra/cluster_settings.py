@@ -9,16 +9,16 @@ A cluster setting is written in three places, each derived here from
 - the install program's ``aif:*`` keys (:func:`install_key`), where ``aif:namespace`` is the
   control plane's own namespace and the models' one is ``aif:modelsNamespace``.
 
-Values are strings everywhere: a ``str`` field as it is, anything else as JSON (``true``,
-``8``), which pydantic and pydantic-settings read back. Using the settings (rendering
-manifests) is left to :mod:`infra.manifests`; where the values are stored to the deployer and
-the install program.
+Values are strings everywhere: a ``str`` field (or a choice of strings) as it is, anything
+else as JSON (``true``, ``8``), which pydantic and pydantic-settings read back. Using the
+settings (rendering manifests) is left to :mod:`infra.manifests`; where the values are stored
+to the deployer and the install program.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args, get_origin
 
 from domain.settings import ClusterConfig, Settings
 
@@ -44,8 +44,16 @@ def encode(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _is_text(annotation: Any) -> bool:
+    """A ``str`` field, or a ``Literal`` of strings (``gang_scheduling``): kept as written."""
+    if annotation is str:
+        return True
+    choices = get_args(annotation)
+    return get_origin(annotation) is Literal and all(isinstance(c, str) for c in choices)
+
+
 def _decode(name: str, raw: str) -> Any:
-    return raw if ClusterConfig.model_fields[name].annotation is str else json.loads(raw)
+    return raw if _is_text(ClusterConfig.model_fields[name].annotation) else json.loads(raw)
 
 
 def field_names() -> tuple[str, ...]:

@@ -23,6 +23,10 @@ engine's flags come from :func:`infra.vllm_args.vllm_args`, shared with local en
 Weight cache. With ``ClusterConfig.cache_pvc`` set, the pods copy the weights to that fast
 volume first and the engine reads them from there; the init container that does it is
 :mod:`infra.weight_cache`'s.
+
+Gang scheduling. With ``ClusterConfig.gang_scheduling`` ``"volcano"`` the pods are Volcano's
+and the LWS names its PodGroups' queue; LWS makes each group a PodGroup
+(:mod:`infra.gang_scheduling`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from domain.deployment import DeploymentSpec
 from domain.presets import Preset, load_presets
 from domain.records import Pvc
 from domain.settings import ClusterConfig
+from infra import gang_scheduling as gang
 from infra.engine_launch import (
     WORKER_SCRIPT as WORKER_SCRIPT,  # the workers' Ray join, for tests and docs
 )
@@ -56,7 +61,7 @@ Manifest = dict[str, Any]
 
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
-VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
+VOLCANO_QUEUE_ANNOTATION = gang.VOLCANO_QUEUE_ANNOTATION
 MANAGED_BY = "aif"
 ENGINE_PORT = 8000
 PORT_NAME = "http"
@@ -145,8 +150,8 @@ def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterC
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
     ]
     pod: dict[str, Any] = {}
-    if cluster.scheduler_name:
-        pod["schedulerName"] = cluster.scheduler_name
+    if scheduler := gang.scheduler_name(cluster):
+        pod["schedulerName"] = scheduler
     if cluster.cache_pvc:
         volumes.append(cache_volume(cluster.cache_pvc))
         # The engine's image has bash and cp; a second image would only add a pull.
@@ -300,7 +305,7 @@ def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -
             "name": name,
             "namespace": cluster.namespace,
             "labels": common,
-            "annotations": {"aif/model-name": spec.name},
+            "annotations": {"aif/model-name": spec.name, **gang.lws_annotations(cluster)},
         },
         "spec": {
             "replicas": spec.replicas,
@@ -316,9 +321,15 @@ def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -
 
 
 def render_spec_documents(spec: DeploymentSpec, cluster: ClusterConfig) -> str:
-    """Multi-document YAML of :func:`render_model`'s objects for ``spec`` (``aif render``)."""
+    """Multi-document YAML of :func:`render_model`'s objects for ``spec`` (``aif render``);
+    gang-scheduled, the PodGroup LWS will create per group follows as a comment."""
     objects = render_model(spec, load_presets()[spec.type], cluster)
-    return yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False)
+    text = yaml.dump_all(objects, Dumper=_ReadableDumper, sort_keys=False)
+    lws = objects[0]
+    pod_group = gang.pod_group_preview(lws, cluster)
+    if pod_group is not None:
+        text += gang.preview_comment(pod_group, lws["metadata"]["name"])
+    return text
 
 
 def render_spec(

@@ -25,6 +25,7 @@ EVERY_FIELD = ClusterConfig(
     engine_image="registry.example/vllm:1",
     scheduler_name="volcano",
     volcano_queue="q",
+    gang_scheduling="volcano",
     cache_pvc="turbo",
     pod_monitor=True,
     max_accelerators_per_node=4,

@@ -131,3 +131,30 @@ def test_component_adds_a_pod_monitor_when_configured(
     # Waiting on every child's URN: the check reads what the mocks have seen.
     children = (component.lws, component.service, component.pod_monitor)
     return pulumi.Output.all(*(child.urn for child in children)).apply(check)
+
+
+@pulumi.runtime.test
+def test_a_gang_scheduled_model_applies_volcano_pods_and_the_pod_groups_queue(
+    mocks: ClusterMocks,
+) -> pulumi.Output[None]:
+    # The 70B model over nodes of 2 cards: a group of two pods, one PodGroup made by LWS.
+    args = make_args(
+        "DeepSeek-R1-Distill-Llama-70B",
+        "huawei.com/ascend-1980",
+        gang_scheduling="volcano",
+        volcano_queue="llm",
+        max_accelerators_per_node=2,
+    )
+    component = ModelDeployment("gang", args)
+
+    def check(_: str) -> None:
+        lws = mocks.created[LWS_TYPE].inputs
+        annotations = lws["metadata"]["annotations"]
+        assert annotations["scheduling.volcano.sh/queue-name"] == "llm"
+        assert annotations["pulumi.com/skipAwait"] == "true"
+        lwt = lws["spec"]["leaderWorkerTemplate"]
+        assert lwt["size"] == 2
+        for role in ("leaderTemplate", "workerTemplate"):
+            assert lwt[role]["spec"]["schedulerName"] == "volcano", role
+
+    return component.lws.urn.apply(check)
