@@ -70,7 +70,8 @@ from scaler.metrics import LoadSnapshot
 
 Inputs = Mapping[str, float | int | str | None]
 
-# Concurrency now (or over the panic window) this much over the stable window's mean: rising.
+# Concurrency now (or over the panic window) this much over the peak the latency window has
+# seen served: beyond what latency says the instances hold.
 RISING = 1.1
 
 
@@ -197,6 +198,9 @@ class Signals:
     breach: bool
     # No queue at the gateway nor instances added for a breach over the latency window.
     settled: bool = False
+    # The highest concurrency over the stable window before the panic window: what the
+    # latency window has had time to show the instances serving.
+    seen_peak: float = 0.0
 
 
 def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) -> float | None:
@@ -279,6 +283,9 @@ def measure(
         idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
         breach=breach,
         settled=settled,
+        seen_peak=max(
+            (c for t, c in state.concurrency if t <= ctx.now - config.panic_window_s), default=0.0
+        ),
     )
 
 
@@ -328,12 +335,13 @@ def recommend(
     holds = ctx.ready * (float(ctx.capacity_per_instance) if estimate is None else estimate)
     burst = max(sig.now, sig.panic_mean)
     demand = max(sig.stable_mean, sig.panic_mean)
-    # Latency says the ready instances hold a demand that is not rising, within what the
-    # engines hold at the preset's target: the estimate's "beyond" is the estimate's doubt.
+    # Latency says the ready instances hold a demand no higher than one they served within
+    # its window, within what the engines hold at the preset's target: the estimate's
+    # "beyond" is the estimate's doubt.
     roomy = (
         _room(sig, config)
         and not _engines_full(ctx)
-        and burst <= sig.stable_mean * RISING
+        and burst <= sig.seen_peak * RISING
         and demand <= ctx.ready * per_instance_target(ctx, None, config)
     )
     if burst > holds and not roomy:
@@ -376,8 +384,8 @@ def _may_probe(
     probed_at: float | None, config: PolicyConfig,
 ) -> bool:  # fmt: skip
     """Whether one instance fewer is worth trying (see ``PolicyConfig.probe_ratio``): the SLO met
-    with room, latency settled, all instances ready, demand not rising (the panic window's mean
-    no higher than the stable window's), none given back within a latency window, and the
+    with room, latency settled, all instances ready, demand no higher than the latency window
+    has seen served (``seen_peak``), none given back within a latency window, and the peak's
     concurrency per instance it would leave within the preset's target (with ``burst_capacity``'s
     room), where the line of the curve's meets (if it has one) predicts a ratio halfway between
     ``probe_ratio`` and ``room_ratio`` at most (so a probe does not end past the room and back),
@@ -386,9 +394,9 @@ def _may_probe(
         return False
     if not sig.settled or ctx.replicas < 2 or ctx.ready < ctx.replicas or demand <= 0:
         return False
-    if sig.panic_mean > sig.stable_mean or _probing(ctx, probed_at, config):
+    if max(sig.now, sig.panic_mean) > sig.seen_peak or _probing(ctx, probed_at, config):
         return False
-    after = demand / (ctx.replicas - 1)
+    after = max(demand, sig.seen_peak) / (ctx.replicas - 1)
     if after > per_instance_target(ctx, None, config):
         return False
     whole = float(max(ctx.capacity_per_instance, 1))
