@@ -384,6 +384,7 @@ def _task_executor_manager(
             burst_capacity=settings.scale_burst_capacity,
             probe_ratio=settings.scale_probe_ratio,
             room_ratio=settings.scale_room_ratio,
+            lead_window_s=settings.scale_lead_window_s,
         ),
         on_change=on_change,
         capacity_of=lambda record: instance_capacity(

@@ -118,6 +118,11 @@ class PolicyConfig:
     # more), and latency says the instances hold it. A burst (panic) and a breach still act
     # at once. 0: the estimate alone decides.
     room_ratio: float = 0.8
+    # Arrivals over this window (counted from the concurrency and the count answered between
+    # passes) that the stable window's rate does not explain (more than Poisson noise: mean +
+    # 3 standard deviations) are a step; the demand it leads to, the new rate times the time a
+    # request spends in the system (Little's law over the stable window), is acted on at once.
+    lead_window_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,10 @@ class ScalingState:
     per_instance: tuple[tuple[float, float], ...] = ()
     # When the last probe gave an instance back: the next waits for a latency window of its own.
     probed_at: float | None = None
+    # (time, requests that arrived since the previous pass) over the stable window.
+    arrivals: tuple[tuple[float, float], ...] = ()
+    # (time, requests answered since the previous pass) over the stable window.
+    answers: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,8 @@ class Signals:
     # The highest concurrency over the stable window before the panic window: what the
     # latency window has had time to show the instances serving.
     seen_peak: float = 0.0
+    # The concurrency a step in arrivals leads to (0: no step).
+    lead: float = 0.0
 
 
 def slo_ratio(snap: LoadSnapshot, ttft_target_ms: float, tpot_target_ms: float) -> float | None:
@@ -253,8 +264,17 @@ def observe(
         idle_since = _keep(state.last_pass, now)
     else:
         idle_since = state.idle_since
+    window = now - config.downscale_delay_s
+    arrivals = tuple((t, n) for t, n in state.arrivals if t > window)
+    answers = tuple((t, n) for t, n in state.answers if t > window)
+    if state.concurrency and snap.answered_total is not None and state.last_answered is not None:
+        done = max(snap.answered_total - state.last_answered, 0.0)
+        came = max(concurrency - state.concurrency[-1][1] + done, 0.0)
+        arrivals, answers = (*arrivals, (now, came)), (*answers, (now, done))
     return replace(
         state,
+        arrivals=arrivals,
+        answers=answers,
         concurrency=(*kept, (now, concurrency)),
         last_pass=now,
         last_rate=snap.request_rate,
@@ -286,7 +306,33 @@ def measure(
         seen_peak=max(
             (c for t, c in state.concurrency if t <= ctx.now - config.panic_window_s), default=0.0
         ),
+        lead=lead(state, ctx.now, config),
     )
+
+
+def lead(state: ScalingState, now: float, config: PolicyConfig) -> float:
+    """The concurrency a step in arrivals leads to (see ``PolicyConfig.lead_window_s``); 0
+    without a step, or before the stable window has answers to tell the time in the system."""
+    if config.lead_window_s <= 0 or len(state.arrivals) < 2:
+        return 0.0
+    span = now - state.arrivals[0][0]
+    if span < 2 * config.lead_window_s:
+        return 0.0
+    short = sum(n for t, n in state.arrivals if t > now - config.lead_window_s)
+    before = [(t, n) for t, n in state.arrivals if t <= now - config.lead_window_s]
+    base_s = max(now - config.lead_window_s - state.arrivals[0][0], 1e-9)
+    expected = sum(n for _, n in before) / base_s * config.lead_window_s
+    if short <= expected + 3 * math.sqrt(expected) + 1:
+        return 0.0
+    answered = sum(n for _, n in state.answers)
+    mean = _mean(state.concurrency, now - config.downscale_delay_s)
+    if answered <= 0 or mean <= 0:
+        return 0.0
+    in_system_s = mean / (answered / span)
+    # The step's own rate: its newest half window, as the whole one still holds the rate before.
+    half = config.lead_window_s / 2
+    recent = sum(n for t, n in state.arrivals if t > now - half)
+    return max(short / config.lead_window_s, recent / half) * in_system_s
 
 
 def learn(
@@ -333,7 +379,7 @@ def recommend(
         return "idle", ctx.min_instance
     target = per_instance_target(ctx, estimate, config)
     holds = ctx.ready * (float(ctx.capacity_per_instance) if estimate is None else estimate)
-    burst = max(sig.now, sig.panic_mean)
+    burst = max(sig.now, sig.panic_mean, sig.lead)
     demand = max(sig.stable_mean, sig.panic_mean)
     # Latency says the ready instances hold a demand no higher than one they served within
     # its window, within what the engines hold at the preset's target: the estimate's
@@ -500,6 +546,7 @@ def _inputs(
         "panic_concurrency": sig.panic_mean if sig else None,
         "stable_concurrency": sig.stable_mean if sig else None,
         "saturation": sig.saturation if sig else None,
+        "lead_concurrency": sig.lead if sig else None,
         "capacity_estimate": state.capacity_estimate,
         "capacity_per_instance": ctx.capacity_per_instance,
         "replicas": ctx.replicas,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 
 import pytest
@@ -360,3 +361,47 @@ def test_room_does_not_hide_engines_that_queue_inside() -> None:
     model = Model(replicas=2)
     decision = model.step(0, load(in_flight=10, ratio=0.3, engine_waiting=4))
     assert decision.inputs["stage"] == "panic" and decision.replicas > 2
+
+
+class OpenLoop:
+    """Arrivals at a rate per second, each in the system ``in_system_s``: the gateway's
+    concurrency and count answered as the policy reads them, one pass a second."""
+
+    def __init__(self, in_system_s: int = 4) -> None:
+        self.in_system_s = in_system_s
+        self.came: list[int] = []
+        self.answered = 0
+
+    def snapshot(self, arrivals: int) -> LoadSnapshot:
+        self.came.append(arrivals)
+        if len(self.came) > self.in_system_s:
+            self.answered += self.came[-self.in_system_s - 1]
+        in_flight = sum(self.came[-self.in_system_s :])
+        return load(in_flight=in_flight, ratio=0.5, answered_total=float(self.answered))
+
+
+def test_a_step_in_arrivals_leads_the_concurrency_it_will_bring() -> None:
+    """2/s for a minute, then 12/s: one second into the step 18 are in flight, but 12/s for
+    4 s each will be 48; the first pass sizes for the 48."""
+    model, traffic = Model(replicas=2), OpenLoop()
+    assert {model.step(t, traffic.snapshot(2)).replicas for t in range(60)} == {2}
+    decision = model.step(60, traffic.snapshot(12))
+    assert decision.inputs["concurrency"] == 18
+    assert decision.inputs["lead_concurrency"] == pytest.approx(48, rel=0.1)
+    assert decision.inputs["stage"] == "panic"
+    # Sized for the lead at the capacity learnt, not for the 18 in flight.
+    per_instance = float(decision.inputs["capacity_estimate"] or CAPACITY) * 0.7
+    lead = float(decision.inputs["lead_concurrency"] or 0)
+    assert decision.inputs["recommended"] == math.ceil(lead / per_instance)
+    assert math.ceil(18 / per_instance) < math.ceil(lead / per_instance)
+
+
+def test_poisson_noise_is_not_a_step() -> None:
+    rng = random.Random(7)
+    model, traffic = Model(replicas=2), OpenLoop()
+    leads = []
+    for t in range(600):
+        arrivals = sum(rng.random() < 0.2 for _ in range(10))  # about 2 a second
+        model.step(t, traffic.snapshot(arrivals))
+        leads.append(model.decisions[-1].inputs["lead_concurrency"])
+    assert sum(1 for lead in leads if lead) <= 3  # mean + 3 standard deviations, per pass
