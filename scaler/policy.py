@@ -174,7 +174,10 @@ class ScalingState:
     # (time, concurrency per ready instance) over the latency window.
     per_instance: tuple[tuple[float, float], ...] = ()
     # When the last probe gave an instance back: the next waits for a latency window of its own.
-    probed_at: float | None = None
+    # Since when the ready instances have been as many as now: latency over a window since
+    # then is these instances' own.
+    ready_since: float | None = None
+    ready_seen: int | None = None
     # (time, requests that arrived since the previous pass) over the stable window.
     arrivals: tuple[tuple[float, float], ...] = ()
     # (time, requests answered since the previous pass) over the stable window.
@@ -271,8 +274,11 @@ def observe(
         done = max(snap.answered_total - state.last_answered, 0.0)
         came = max(concurrency - state.concurrency[-1][1] + done, 0.0)
         arrivals, answers = (*arrivals, (now, came)), (*answers, (now, done))
+    same = state.ready_seen == ctx.ready
     return replace(
         state,
+        ready_since=state.ready_since if same and state.ready_since is not None else now,
+        ready_seen=ctx.ready,
         arrivals=arrivals,
         answers=answers,
         concurrency=(*kept, (now, concurrency)),
@@ -351,12 +357,14 @@ def learn(
             curve = observe_sample(curve, *full)
         elif sig.ratio is not None and sig.settled and sig.now > 0:
             # The latency is the window's: a miss is paired with the window's mean concurrency
-            # per instance, a met SLO only with its lowest (while instances are added, the
-            # window's earlier, higher concurrency did not all meet it).
+            # per instance; a met SLO too where the ready instances were as many all through
+            # the window, else only with its lowest (while instances come and go, the window's
+            # earlier, higher concurrency did not all meet it).
             window = ctx.now - config.latency_window_s
             seen = [c for t, c in state.per_instance if t > window]
             missed = sig.ratio > 1 + TOLERANCE
-            per_instance = _mean(state.per_instance, window) if missed else min(seen)
+            mean = missed or not _changing(state, ctx.now, config)
+            per_instance = _mean(state.per_instance, window) if mean else min(seen)
             tokens = None if snap.tokens_per_s is None else snap.tokens_per_s / ctx.ready
             curve = observe_sample(curve, per_instance, sig.ratio, tokens)
     learnt = estimate(curve, preset)
@@ -372,7 +380,7 @@ def per_instance_target(ctx: ScalingContext, estimate: float | None, config: Pol
 
 def recommend(
     ctx: ScalingContext, sig: Signals, estimate: float | None, breach_lasted: bool,
-    config: PolicyConfig, curve: CapacityCurve | None = None, probed_at: float | None = None,
+    config: PolicyConfig, state: ScalingState | None = None,
 ) -> tuple[str, int]:  # fmt: skip
     """(stage, replicas it asks for), before steps and bounds."""
     if sig.idle:
@@ -406,7 +414,7 @@ def recommend(
     if breach_lasted:
         return "breach", max(steady, ctx.ready + 1)
     held = min(steady, ctx.max_instance) == ctx.replicas
-    if held and _may_probe(ctx, sig, demand, curve, probed_at, config):
+    if held and state is not None and _may_probe(ctx, sig, demand, state, config):
         return "probe", ctx.replicas - 1
     return stage, steady
 
@@ -426,9 +434,8 @@ def _room(sig: Signals, config: PolicyConfig) -> bool:
 
 
 def _may_probe(
-    ctx: ScalingContext, sig: Signals, demand: float, curve: CapacityCurve | None,
-    probed_at: float | None, config: PolicyConfig,
-) -> bool:  # fmt: skip
+    ctx: ScalingContext, sig: Signals, demand: float, state: ScalingState, config: PolicyConfig
+) -> bool:
     """Whether one instance fewer is worth trying (see ``PolicyConfig.probe_ratio``): the SLO met
     with room, latency settled, all instances ready, demand no higher than the latency window
     has seen served (``seen_peak``), none given back within a latency window, and the peak's
@@ -440,7 +447,7 @@ def _may_probe(
         return False
     if not sig.settled or ctx.replicas < 2 or ctx.ready < ctx.replicas or demand <= 0:
         return False
-    if max(sig.now, sig.panic_mean) > sig.seen_peak or _probing(ctx, probed_at, config):
+    if max(sig.now, sig.panic_mean) > sig.seen_peak or _changing(state, ctx.now, config):
         return False
     after = max(demand, sig.seen_peak) / (ctx.replicas - 1)
     if after > per_instance_target(ctx, None, config):
@@ -448,6 +455,7 @@ def _may_probe(
     whole = float(max(ctx.capacity_per_instance, 1))
     if math.ceil((sig.stable_mean + config.burst_capacity) / whole) > ctx.replicas - 1:
         return False  # the spare room burst_capacity asks for, even at the preset's capacity
+    curve = state.curve
     if curve is None:
         return True
     predicted = predicted_ratio(curve, after)
@@ -457,9 +465,9 @@ def _may_probe(
     return not missed or after <= min(missed)
 
 
-def _probing(ctx: ScalingContext, probed_at: float | None, config: PolicyConfig) -> bool:
-    """Within a latency window of a probe: its latency is not all in the window yet."""
-    return probed_at is not None and ctx.now - probed_at < config.latency_window_s
+def _changing(state: ScalingState, now: float, config: PolicyConfig) -> bool:
+    """The ready instances changed within the latency window: its latency is not all theirs."""
+    return now - _keep(state.ready_since, now) < config.latency_window_s
 
 
 def _keep(since: float | None, now: float) -> float:
@@ -487,15 +495,16 @@ def _act(
         return min(wanted, ceiling), f"{stage}: scale up to the demand", after
     if wanted == replicas or stage not in ("steady", "probe", "room"):
         return replicas, "within target", state
+    if stage == "probe" and now - _keep(state.observed_since, now) >= config.downscale_delay_s:
+        # Its own hold: the peak of the stable window fits the fewer, and the ready instances
+        # have been as many for a latency window.
+        return replicas - 1, "probe: SLO met with room, one instance fewer", state
     held = max(n for t, n in state.recommendations)
     if held >= replicas:
         return replicas, f"held: {held} recommended within {config.scale_in_hold_s:.0f}s", state
     observed_for = now - _keep(state.observed_since, now)
     if observed_for < config.downscale_delay_s:
         return replicas, f"low for {observed_for:.0f}/{config.downscale_delay_s:.0f}s", state
-    if stage == "probe":
-        probed = replace(state, probed_at=now)
-        return replicas - 1, "probe: SLO met with room, one instance fewer", probed
     return max(held, replicas - config.max_step_down), "stable window: scale in", state
 
 
@@ -515,9 +524,7 @@ def decide(
     curve, learnt = learn(state, ctx, snap, sig, config)
     state = replace(state, curve=curve, capacity_estimate=learnt)
     estimate = learnt
-    stage, wanted = recommend(
-        ctx, sig, estimate, breach_lasted, config, state.curve, state.probed_at
-    )
+    stage, wanted = recommend(ctx, sig, estimate, breach_lasted, config, state)
     kept = tuple((t, n) for t, n in state.recommendations if t > now - config.scale_in_hold_s)
     state = replace(state, recommendations=(*kept, (now, wanted)))
     target, reason, state = _act(ctx, stage, wanted, state, config)
