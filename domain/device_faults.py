@@ -40,11 +40,18 @@ class DeviceFault:
 
 
 def find_device_fault(log_tail: str) -> DeviceFault | None:
-    """The last device-fault line in ``log_tail``, or None when the engine failed otherwise."""
+    """The last device-fault line in ``log_tail``, with the device the last line naming one
+    names (runtimes often name the card first, then fail on it in general terms); None when
+    the engine failed otherwise."""
+    found: DeviceFault | None = None
     for line in reversed(log_tail.splitlines()):
         matches = [m for m in (p.search(line) for p in _PATTERNS) if m is not None]
-        if matches:
-            device = next((m["device"] for m in matches if m.groupdict().get("device")), None)
-            return DeviceFault(min(matches, key=lambda m: m.start()).group(0).strip(),
-                               int(device) if device else None)  # fmt: skip
-    return None
+        if not matches:
+            continue
+        named = next((m["device"] for m in matches if m.groupdict().get("device")), None)
+        if found is None:
+            text = min(matches, key=lambda m: m.start()).group(0).strip()
+            found = DeviceFault(text, None)
+        if named is not None:
+            return DeviceFault(found.line, int(named))
+    return found
