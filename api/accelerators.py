@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from api.errors import AcceleratorNotFound
+from api.errors import AcceleratorNotFound, StoreUnavailableError
 from domain.accelerators import (
     BY_ENGINE,
     CardLedger,
@@ -199,7 +199,13 @@ class InventoryCollector(Collector):
             "aif_accelerators", "Accelerator cards by node and state",
             labels=["node", "resource_type", "state"],
         )  # fmt: skip
-        view = self._accelerators.view()
+        try:
+            view = self._accelerators.view()
+        except StoreUnavailableError as exc:
+            # A cluster that cannot be read now: no samples, rather than a failed scrape.
+            logger.warning("accelerator inventory not read for /metrics: %s", exc.message)
+            yield gauge
+            return
         for node in view["nodes"]:
             for state in CardState:
                 gauge.add_metric([node["node"], node["resource_type"], state.value],

@@ -36,11 +36,11 @@ from infra.manifests import label_value
 from infra.node_inventory import ClusterCards, NodeReader
 from infra.node_quarantine import (
     avoided_nodes,
+    card_state,
     card_view,
     exists,
     fault_quarantine,
     node_signals,
-    state,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class ClusterAccelerators:
         self._cards = ClusterCards()
         self._quarantines: dict[tuple[str, int], Quarantine] = {}
         self._read_at = -math.inf
+        # The last read's failure, answered again until the next read is due.
+        self._error: StoreUnavailableError | None = None
         # When each node was last seen not Ready: its probation runs from there.
         self._not_ready_seen: dict[str, datetime] = {}
 
@@ -86,16 +88,20 @@ class ClusterAccelerators:
         interval; the executor's inventory then acts on what the nodes say."""
         with self._lock:
             if self._clock() - self._read_at < self._refresh_s:
+                if self._error is not None:
+                    raise self._error
                 return
+            self._read_at = self._clock()
             try:
                 cards = self._reader.read()
             except Exception as exc:
-                raise StoreUnavailableError(
+                self._error = StoreUnavailableError(
                     f"cannot read the cluster's nodes: {exc}", retry_after_s=self._refresh_s
-                ) from exc
+                )
+                raise self._error from exc
+            self._error = None
             self._cards = cards
             self._quarantines = {q.key: q for q in self._store.quarantines()}
-            self._read_at = self._clock()
         if self._acts:
             self._act()
 
@@ -108,7 +114,7 @@ class ClusterAccelerators:
 
     def state(self, node: str, index: int) -> str:
         with self._lock:
-            return state(self._cards, list(self._quarantines.values()), node, index)
+            return card_state(self._cards, list(self._quarantines.values()), node, index)
 
     def avoided_nodes(self, resource_type: str) -> frozenset[str]:
         self.refresh()

@@ -133,7 +133,9 @@ def exists(cards: ClusterCards, quarantines: Collection[Quarantine], node: str, 
     return any(n.name == node and 0 <= index < n.capacity for n in cards.nodes)
 
 
-def state(cards: ClusterCards, quarantines: Collection[Quarantine], node: str, index: int) -> str:
+def card_state(
+    cards: ClusterCards, quarantines: Collection[Quarantine], node: str, index: int
+) -> str:
     view = card_view(cards, quarantines, {})
     found = next((c for c in view["cards"] if (c["node"], c["index"]) == (node, index)), None)
     return str(found["state"]) if found else CardState.FREE.value
@@ -237,6 +239,7 @@ __all__ = [
     "FaultIsolation",
     "Verdict",
     "avoided_nodes",
+    "card_state",
     "card_view",
     "exists",
     "fault_quarantine",

@@ -258,9 +258,11 @@ class PulumiDeployer:
                 f"cannot read the cluster: {exc}", reason="ClusterUnreachable"
             ) from exc
         crash = watch.history.observe(snapshot.pods)
-        if self._isolation is not None:
-            crash = await self._isolate(spec, snapshot, crash, watch, avoid)
         applied = self._applied.get(spec.model_id)
+        if self._isolation is not None:
+            # Groups move only once the LWS carries the affinity that keeps them off.
+            placed = applied is not None and applied.spec_hash == desired.spec_hash
+            crash = await self._isolate(spec, snapshot, crash, watch, avoid if placed else None)
         drift = watch.drifted(snapshot.lws, applied.replicas) if applied is not None else ""
         if drift:
             logger.warning("drift model=%s: %s; re-applying", spec.model_id, drift)
@@ -282,20 +284,20 @@ class PulumiDeployer:
         snapshot: ClusterSnapshot,
         crash: CrashLoop | None,
         watch: ModelWatch,
-        avoid: frozenset[str],
+        avoid: frozenset[str] | None,
     ) -> CrashLoop | None:
         """Report device faults and a crash loop confined to one node, and move groups off
-        quarantined nodes; the crash loop left for the diagnosis (None once blamed on a node)."""
-        assert self._isolation is not None
+        the ``avoid`` nodes (None: not yet); the crash loop left for the diagnosis (None once
+        blamed on a node)."""
         model = (spec.model_id, spec.name)
+        uids = {p.uid for p in snapshot.pods}
+        watch.faults_seen = {seen for seen in watch.faults_seen if seen[0] in uids}
         for pod in snapshot.pods:
             fault = find_device_fault(pod.termination_message) if pod.node else None
             if fault is None or (pod.uid, pod.termination_message) in watch.faults_seen:
                 continue
-            watch.faults_seen.add((pod.uid, pod.termination_message))
-            await asyncio.to_thread(
-                self._isolation.device_fault, pod.node, fault.device, fault.line, model
-            )
+            if await self._report(pod.node, fault.device, fault.line, model):
+                watch.faults_seen.add((pod.uid, pod.termination_message))
         if crash is not None and crash.node:
             elsewhere = [p for p in snapshot.pods if p.ready and p.node and p.node != crash.node]
             if elsewhere:
@@ -304,12 +306,24 @@ class PulumiDeployer:
                     f"the group of pod {crash.pod} was recreated {crash.recreations} times on "
                     f"this node before it became ready, while the model serves on others{last}"
                 )
-                await asyncio.to_thread(self._isolation.device_fault, crash.node, None, reason,
-                                        model)  # fmt: skip
-                watch.history.forgive()
-                crash = None
-        await self._move_off(spec, snapshot, avoid)
+                if await self._report(crash.node, None, reason, model):
+                    watch.history.forgive()
+                    crash = None
+        if avoid:
+            await self._move_off(spec, snapshot, avoid)
         return crash
+
+    async def _report(
+        self, node: str, device: int | None, reason: str, model: tuple[str, str]
+    ) -> bool:
+        """Tell the inventory of a fault; whether it took it (the next read tries again)."""
+        assert self._isolation is not None
+        try:
+            await asyncio.to_thread(self._isolation.device_fault, node, device, reason, model)
+        except Exception as exc:
+            logger.warning("cannot quarantine a card of node=%s (%s): %s", node, reason, exc)
+            return False
+        return True
 
     async def _move_off(
         self, spec: DeploymentSpec, snapshot: ClusterSnapshot, avoid: frozenset[str]

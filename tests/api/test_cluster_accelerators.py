@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from kubernetes.client import V1Node, V1Pod
 
+from api.accelerators import InventoryCollector
 from api.app import Role, create_app
 from api.cluster_accelerators import ClusterAccelerators
 from api.errors import StoreUnavailableError
@@ -185,8 +186,18 @@ def test_a_cluster_that_cannot_be_read_is_a_503(
 ) -> None:
     nodes = FakeNodes()
     nodes.fail = ConnectionRefusedError("connection refused")
+    clock = Clock()
+    frontend = inventory(cluster_settings, store, nodes, clock, acts=False)
     with pytest.raises(StoreUnavailableError, match="cannot read the cluster's nodes"):
-        inventory(cluster_settings, store, nodes, Clock(), acts=False).view()
+        frontend.view()
+    # Not read again before the interval, however often asked; the gauge has no samples.
+    with pytest.raises(StoreUnavailableError):
+        frontend.view()
+    [gauge] = InventoryCollector(frontend).collect()
+    assert (gauge.samples, nodes.reads) == ([], 1)
+    nodes.fail = None
+    clock.now += REFRESH_S
+    assert frontend.view()["totals"][ASCEND]["allocated"] == 10
 
 
 def test_a_frontend_on_a_cluster_answers_the_routes_from_the_nodes_it_reads(

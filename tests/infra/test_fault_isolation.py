@@ -43,6 +43,7 @@ class Isolation:
         self.avoid: dict[str, frozenset[str]] = {}
         self.faults: list[tuple[str, int | None, str, tuple[str, str]]] = []
         self.fail: Exception | None = None
+        self.refuse_faults = 0  # the next faults reported fail (a store that is down)
 
     def avoided_nodes(self, resource_type: str) -> frozenset[str]:
         if self.fail is not None:
@@ -52,6 +53,9 @@ class Isolation:
     def device_fault(
         self, node: str, device: int | None, reason: str, model: tuple[str, str]
     ) -> None:
+        if self.refuse_faults:
+            self.refuse_faults -= 1
+            raise ConnectionError("store down")
         self.faults.append((node, device, reason, model))
 
 
@@ -154,6 +158,21 @@ async def test_a_pod_terminated_with_a_device_error_is_reported_once(
         ("node-b", 0, "ACL stream synchronize failed, error code:507053",
          (MODEL_ID, "DeepSeek-R1-Distill-Qwen-7B"))
     ]  # fmt: skip
+
+
+async def test_a_fault_the_inventory_could_not_take_is_reported_at_the_next_read(
+    deployer: PulumiDeployer, cluster: FakeCluster, isolation: Isolation, clock: Clock
+) -> None:
+    await deployer.apply(make_spec())
+    cluster.set_pod(f"{LWS_NAME}-0", ready=False, termination_message="Xid 48, DBE")
+    isolation.refuse_faults = 1
+
+    clock.now += 60
+    assert (await deployer.apply(make_spec())).phase is not Phase.FAILED
+    assert isolation.faults == []
+    clock.now += 60
+    await deployer.apply(make_spec())
+    assert [f[2] for f in isolation.faults] == ["Xid 48, DBE"]
 
 
 async def test_an_ordinary_crash_reports_no_device_fault(
