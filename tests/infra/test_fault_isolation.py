@@ -9,13 +9,17 @@ serves on others, quarantines that node instead of failing the model.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pulumi.automation import CommandResult
 
-from domain.deployment import Phase
+from domain.deployment import DeploymentSpec, Phase
 from domain.settings import Settings
 from infra.cluster_observer import PodStatus
 from infra.diagnosis import CRASH_LOOP_RECREATIONS
@@ -126,6 +130,43 @@ async def test_a_quarantined_node_is_kept_off_and_its_group_made_again_elsewhere
     assert cluster.avoid == {"node-a"}
     await deployer.apply(other)
     assert json.loads(cli.stacks[MODEL_ID].config[AVOID_NODES_KEY]) == []
+
+
+async def test_no_group_moves_before_its_lws_carries_the_affinity(
+    tmp_path: Path, cli: FakePulumi, cluster: FakeCluster, isolation: Isolation
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", runtime="kubernetes", pulumi_workers=2)
+    deployer = PulumiDeployer(settings, pulumi_command=cli, observer=cluster,
+                              isolation=isolation, apply_wait_s=0.01)  # fmt: skip
+    try:
+        await settled(deployer, make_spec(replicas=2))
+        original = cli.run
+
+        def slow(args: list[str], *rest: Any, **kwargs: Any) -> CommandResult:
+            if "up" in args:
+                time.sleep(0.3)
+            return original(args, *rest, **kwargs)
+
+        cli.run = slow  # type: ignore[method-assign]
+        # A scale starts; while it runs, node-a is quarantined.
+        assert (await deployer.apply(make_spec(replicas=3))).phase is Phase.PROGRESSING
+        isolation.avoid = {ASCEND: frozenset({"node-a"})}
+        await asyncio.sleep(0.4)
+        # The scale ends: its LWS has no affinity yet, so nothing is deleted ...
+        await deployer.apply(make_spec(replicas=3))
+        assert cluster.deleted == []
+        # ... until the update that applies it has run.
+        await settled(deployer, make_spec(replicas=3))
+        assert cluster.deleted == [f"{LWS_NAME}-0"]
+    finally:
+        await deployer.close()
+
+
+async def settled(deployer: PulumiDeployer, spec: DeploymentSpec) -> None:
+    deadline = time.monotonic() + 5
+    while (await deployer.apply(spec)).phase is Phase.PROGRESSING:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
 
 
 async def test_the_last_quarantined_set_is_kept_when_it_cannot_be_read(
