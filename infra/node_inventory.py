@@ -100,9 +100,10 @@ def node_cards(
     conditions = {c.type: c for c in (status.conditions if status else None) or []}
     ready = conditions.get("Ready")
     is_ready = ready is not None and ready.status == "True"
-    condition = "" if is_ready or ready is None else f"{ready.reason}: {ready.message}"
     if ready is None:
         condition = "no Ready condition reported"
+    else:
+        condition = "" if is_ready else f"{ready.reason}: {ready.message}"
     taints = (spec.taints if spec else None) or []
     tainted = any(t.key == TAINT_KEY and t.effect == TAINT_EFFECT for t in taints)
     found = []
