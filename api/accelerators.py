@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from api.errors import AcceleratorNotFound
+from api.errors import AcceleratorNotFound, StoreUnavailableError
 from domain.accelerators import (
     BY_ENGINE,
     CardLedger,
@@ -34,6 +34,42 @@ from domain.settings import Settings
 from domain.store import ModelStore, audit
 
 logger = logging.getLogger(__name__)
+
+
+class Inventory(Protocol):
+    """What the admin routes and the gauge use: this machine's cards, or a cluster's
+    (:class:`api.cluster_accelerators.ClusterAccelerators`)."""
+
+    def view(self) -> dict[str, Any]: ...
+
+    def state(self, node: str, index: int) -> str: ...
+
+    def quarantine(self, node: str, index: int, reason: str, actor: str) -> Quarantine: ...
+
+    def release(self, node: str, index: int, actor: str, reason: str = "") -> bool: ...
+
+
+def record_quarantine(
+    store: ModelStore, q: Quarantine, actor: str, model: tuple[str, str] = ("", "")
+) -> None:
+    """Store a quarantine (a restart keeps the card out of service), audit it and log it."""
+    store.put_quarantine(q)
+    name = card_name(q.node, q.index)
+    audit(store, AuditEvent(actor=actor, action=AuditAction.ACCELERATOR_QUARANTINE,
+                            model_id=model[0], model_name=model[1],
+                            changes={"card": {"to": name}}, reason=q.reason))  # fmt: skip
+    logger.warning("accelerator quarantined card=%s by=%s faults=%d model=%s reason=%s",
+                   name, q.by, q.faults, model[1], q.reason)  # fmt: skip
+
+
+def record_release(store: ModelStore, node: str, index: int, actor: str, reason: str) -> None:
+    """Drop a card's stored quarantine, audit and log it."""
+    store.drop_quarantine(node, index)
+    audit(store, AuditEvent(actor=actor, action=AuditAction.ACCELERATOR_RELEASE,
+                            changes={"card": {"from": card_name(node, index)}},
+                            reason=reason))  # fmt: skip
+    logger.info("accelerator released card=%s actor=%s reason=%s",
+                card_name(node, index), actor, reason)  # fmt: skip
 
 
 class Accelerators:
@@ -112,22 +148,15 @@ class Accelerators:
             had = self.ledger.quarantines.pop((node, index), None)
         if had is None:
             return False
-        self._store.drop_quarantine(node, index)
-        audit(self._store, AuditEvent(actor=actor, action=AuditAction.ACCELERATOR_RELEASE,
-                                      changes={"card": {"from": card_name(node, index)}},
-                                      reason=reason or "released"))  # fmt: skip
-        logger.info("accelerator released card=%s actor=%s reason=%s",
-                    card_name(node, index), actor, reason or "released")  # fmt: skip
+        record_release(self._store, node, index, actor, reason or "released")
         return True
 
+    def state(self, node: str, index: int) -> str:
+        with self._lock:
+            return self.ledger.state(node, index).value
+
     def _keep(self, q: Quarantine, actor: str, model: tuple[str, str] = ("", "")) -> None:
-        self._store.put_quarantine(q)
-        name = card_name(q.node, q.index)
-        audit(self._store, AuditEvent(actor=actor, action=AuditAction.ACCELERATOR_QUARANTINE,
-                                      model_id=model[0], model_name=model[1],
-                                      changes={"card": {"to": name}}, reason=q.reason))  # fmt: skip
-        logger.warning("accelerator quarantined card=%s by=%s faults=%d model=%s reason=%s",
-                       name, q.by, q.faults, model[1], q.reason)  # fmt: skip
+        record_quarantine(self._store, q, actor, model)
 
     def _check(self, node: str, index: int) -> None:
         if not self.ledger.exists(node, index):
@@ -162,7 +191,7 @@ class Accelerators:
 class InventoryCollector(Collector):
     """``aif_accelerators{node,resource_type,state}``: cards per node and state."""
 
-    def __init__(self, accelerators: Accelerators) -> None:
+    def __init__(self, accelerators: Inventory) -> None:
         self._accelerators = accelerators
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -170,7 +199,13 @@ class InventoryCollector(Collector):
             "aif_accelerators", "Accelerator cards by node and state",
             labels=["node", "resource_type", "state"],
         )  # fmt: skip
-        view = self._accelerators.view()
+        try:
+            view = self._accelerators.view()
+        except StoreUnavailableError as exc:
+            # A cluster that cannot be read now: no samples, rather than a failed scrape.
+            logger.warning("accelerator inventory not read for /metrics: %s", exc.message)
+            yield gauge
+            return
         for node in view["nodes"]:
             for state in CardState:
                 gauge.add_metric([node["node"], node["resource_type"], state.value],
@@ -178,4 +213,10 @@ class InventoryCollector(Collector):
         yield gauge
 
 
-__all__ = ["Accelerators", "InventoryCollector"]
+__all__ = [
+    "Accelerators",
+    "Inventory",
+    "InventoryCollector",
+    "record_quarantine",
+    "record_release",
+]

@@ -32,6 +32,7 @@ from api.accelerators import Accelerators, InventoryCollector
 from api.auth import KeyCheck, KeyRing
 from api.chat_job_executor import ChatJobExecutor
 from api.chat_job_executor.pressure_report import PressureReporter
+from api.cluster_accelerators import ClusterAccelerators
 from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
@@ -68,6 +69,13 @@ class RunningRole(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def cluster_inventory(settings: Settings, store: ModelStore, *, acts: bool) -> ClusterAccelerators:
+    """The cluster's accelerator inventory, reading nodes and pods with the official client."""
+    from infra.node_inventory import KubernetesNodes
+
+    return ClusterAccelerators(settings, store, KubernetesNodes(), acts=acts)
 
 
 def build_deployer(settings: Settings) -> Deployer:
@@ -264,6 +272,9 @@ def build_roles(
         frontend = _frontend(settings, store, chat, changes.notify)
         state.model_service, state.inference = frontend.models, frontend.inference
         built.append(frontend)
+        if settings.runtime == "kubernetes" and Role.MODEL_JOB_EXECUTOR not in roles:
+            # The executor is another process: this one reads the nodes itself, for the routes.
+            built.append(_inventory(state, cluster_inventory(settings, store, acts=False)))
     if Role.MODEL_JOB_EXECUTOR in roles:
         # What the executor observes (ACTIVE, endpoints) reaches routing at once.
         on_observed = chat.notify_change if chat else lambda: None
@@ -272,7 +283,7 @@ def build_roles(
             gateway = settings.chat_executor_url or _own_address(settings)
             on_serving = ProfileOnReady(store, settings, gateway)
             built.append(on_serving)
-        deployer = _deployer(settings, store, deployer_factory, state)
+        deployer = _deployer(settings, store, deployer_factory, state, built)
         executor = _model_job_executor(settings, store, deployer, on_observed, on_serving)
         changes.add(executor.notify_change)
         built.append(executor)
@@ -295,15 +306,29 @@ def _frontend(
     return Frontend(registry, inference=chat, settings=settings)
 
 
+def _inventory(state: Any, inventory: ClusterAccelerators) -> ClusterAccelerators:
+    state.accelerators = inventory
+    state.registry.register(InventoryCollector(inventory))
+    return inventory
+
+
 def _deployer(
     settings: Settings,
     store: ModelStore,
     deployer_factory: Callable[[Settings], Deployer],
     state: Any,
+    built: list[RunningRole],
 ) -> Deployer:
-    """The deployer; a local one places engines on this machine's cards (the inventory)."""
-    if deployer_factory is not build_deployer or settings.runtime != "local":
+    """The deployer, with the inventory: a local one places engines on this machine's cards,
+    a Kubernetes one keeps models off the nodes whose cards are quarantined."""
+    if deployer_factory is not build_deployer:
         return deployer_factory(settings)
+    if settings.runtime == "kubernetes":
+        from infra.pulumi_deployer import PulumiDeployer
+
+        cluster = _inventory(state, cluster_inventory(settings, store, acts=True))
+        built.append(cluster)
+        return PulumiDeployer(settings, isolation=cluster)
     from api.deployers.local import LocalDeployer
 
     inventory = Accelerators(settings, store)

@@ -30,6 +30,7 @@ __all__ = [
     "Placement",
     "Quarantine",
     "card_name",
+    "on_probation",
     "parse_local_accelerators",
 ]
 
@@ -65,6 +66,13 @@ class Quarantine(BaseModel):
 
 def card_name(node: str, index: int) -> str:
     return f"{node}/{index}"
+
+
+def on_probation(q: Quarantine | None, probation_s: float, now: datetime) -> bool:
+    """Quarantined once by a device fault and past its probation: it may be tried again."""
+    if q is None or not probation_s or q.by != BY_ENGINE or q.faults > 1:
+        return False
+    return (now - q.since).total_seconds() >= probation_s
 
 
 def parse_local_accelerators(value: str) -> dict[str, int]:
@@ -130,10 +138,7 @@ class CardLedger:
 
     def on_probation(self, key: tuple[str, int], now: datetime) -> bool:
         """Quarantined once by a device fault and past its probation: one instance may try it."""
-        q = self.quarantines.get(key)
-        if q is None or not self.probation_s or q.by != BY_ENGINE or q.faults > 1:
-            return False
-        return (now - q.since).total_seconds() >= self.probation_s
+        return on_probation(self.quarantines.get(key), self.probation_s, now)
 
     def _usable(self, node: str, now: datetime) -> list[int]:
         return [

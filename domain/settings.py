@@ -221,6 +221,12 @@ class Settings(ClusterConfig, BaseSettings):
     # A stack lock held this long from another host is taken to be a dead executor's: far
     # longer than any update of one model takes (its objects are not awaited).
     pulumi_stale_lock_s: float = Field(default=1800.0, gt=0)
+    # The cluster's nodes and pods are read for the accelerator inventory at most this often
+    # (per process), however often the API or the executor asks.
+    cluster_inventory_refresh_s: float = Field(default=10.0, gt=0)
+    # Put a NoSchedule taint on a node whose cards are quarantined (aif:taintFaultyNodes), so
+    # that no other workload lands there either; needs `patch` on nodes.
+    taint_faulty_nodes: bool = False
 
     # Store failures: how long a SQLite write waits for another writer before the request
     # gets a 503 with Retry-After (each write is one short statement; a longer hold is a

@@ -4,9 +4,10 @@ A :class:`ClusterObserver` reports the LeaderWorkerSet (its ``spec.replicas`` an
 ``metadata.generation``, ``status.readyReplicas``/``updatedReplicas`` and the
 ``UpdateInProgress`` condition), the model's pods (uid, IP, whether the leader of its group,
 its template revision, scheduling, container waits and terminations), the warning events of
-given pods by uid, and the weights' PVC. :class:`KubernetesObserver` reads them with the
-official client. Telling a phase from them is left to :mod:`infra.diagnosis`, deciding when to
-read to :mod:`infra.model_watch`, the names of the objects to :mod:`infra.manifests`.
+given pods by uid, and the weights' PVC; it deletes a group's pods to move the group off a
+quarantined node. :class:`KubernetesObserver` reads them with the official client. Telling a
+phase from them is left to :mod:`infra.diagnosis`, deciding when to read to
+:mod:`infra.model_watch`, the names of the objects to :mod:`infra.manifests`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class PodStatus:
     # The last termination of any container, e.g. "vllm: Error, exit code 1".
     last_termination: str = ""
     container: str = ""  # the first container's name, for `kubectl logs -c`
+    node: str = ""  # spec.nodeName, once scheduled
+    # What the last terminated container left: its log's tail (FallbackToLogsOnError).
+    termination_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class ClusterObserver(Protocol):
         ...
 
     def pvc_exists(self, namespace: str, name: str) -> bool: ...
+
+    def delete_pods(self, namespace: str, names: Collection[str]) -> None:
+        """Delete these pods (gracefully); a pod already gone is no error."""
+        ...
 
     def peer_exists(self, pod_name: str) -> bool | None:
         """Whether a pod of the control plane (another executor) exists; None: cannot tell."""
@@ -187,6 +195,17 @@ class KubernetesObserver:
             raise
         return True
 
+    def delete_pods(self, namespace: str, names: Collection[str]) -> None:
+        from kubernetes import client
+
+        api = client.CoreV1Api(self._client())
+        for name in names:
+            try:
+                api.delete_namespaced_pod(name, namespace, _request_timeout=self._timeout_s)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+
     def peer_exists(self, pod_name: str) -> bool | None:
         from kubernetes import client
 
@@ -229,14 +248,19 @@ def _termination(name: str, terminated: Any) -> str:
     return f"{name}: {terminated.reason or 'Error'}, exit code {terminated.exit_code}"
 
 
-def _container_problems(statuses: list[Any]) -> tuple[tuple[ContainerProblem, ...], str]:
-    """Waiting containers worth reporting, and the latest termination of any container."""
-    problems, last_termination = [], ""
+def _container_problems(
+    statuses: list[Any],
+) -> tuple[tuple[ContainerProblem, ...], str, str]:
+    """Waiting containers worth reporting, and the latest termination of any container (as a
+    line, and the message it left)."""
+    problems, last_termination, message = [], "", ""
     for container in statuses:
         last = container.last_state.terminated if container.last_state else None
         now = container.state.terminated if container.state else None
-        if now is not None or last is not None:
-            last_termination = _termination(container.name, now or last)
+        ended = now or last
+        if ended is not None:
+            last_termination = _termination(container.name, ended)
+            message = ended.message or ""
         waiting = container.state.waiting if container.state else None
         if waiting is None or waiting.reason in (None, "ContainerCreating", "PodInitializing"):
             continue
@@ -250,7 +274,7 @@ def _container_problems(statuses: list[Any]) -> tuple[tuple[ContainerProblem, ..
                 last_exit=last_exit,
             )
         )
-    return tuple(problems), last_termination
+    return tuple(problems), last_termination, message
 
 
 def _pod_status(pod: V1Pod) -> PodStatus:
@@ -267,7 +291,7 @@ def _pod_status(pod: V1Pod) -> PodStatus:
     if scheduled is not None and unscheduled:
         unschedulable = scheduled.message or scheduled.reason or "unschedulable"
     statuses = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-    problems, last_termination = _container_problems(statuses)
+    problems, last_termination, message = _container_problems(statuses)
     containers = pod.spec.containers if pod.spec else []
     return PodStatus(
         name=name,
@@ -283,6 +307,8 @@ def _pod_status(pod: V1Pod) -> PodStatus:
         terminating=meta is not None and meta.deletion_timestamp is not None,
         last_termination=last_termination,
         container=containers[0].name if containers else "",
+        node=(pod.spec.node_name if pod.spec else None) or "",
+        termination_message=message,
     )
 
 

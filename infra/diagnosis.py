@@ -18,6 +18,8 @@ shows. :class:`CrashHistory` tells them from history instead: a group leader tha
 under its name with a new uid, on the same template revision, without its predecessor ever
 having been ready, is a recreation after a crash; :data:`CRASH_LOOP_RECREATIONS` of them make
 the model ``FAILED`` with ``EngineCrashed``, the last termination seen, and where the logs are.
+A crash loop whose recreations all ran on one node names it (:attr:`CrashLoop.node`): the
+deployer may suspect the node rather than the model.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class _Leader:
     revision: str
     was_ready: bool
     last_termination: str
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class CrashLoop:
     container: str
     recreations: int
     last_termination: str
+    node: str = ""  # the one node every crashed predecessor ran on, when they shared one
 
 
 class CrashHistory:
@@ -80,6 +84,7 @@ class CrashHistory:
         self._leaders: dict[str, _Leader] = {}
         self._recreations: dict[str, int] = {}
         self._last: dict[str, str] = {}
+        self._nodes: dict[str, set[str]] = {}
 
     def observe(self, pods: Collection[PodStatus]) -> CrashLoop | None:
         """Record the leaders seen now; the group that crash-loops, if one does."""
@@ -91,25 +96,31 @@ class CrashHistory:
             if before is not None and before.uid != pod.uid:
                 if before.revision == pod.revision and not before.was_ready:
                     self._recreations[pod.name] = self._recreations.get(pod.name, 0) + 1
+                    self._nodes.setdefault(pod.name, set()).add(before.node)
                     if before.last_termination:
                         self._last[pod.name] = before.last_termination
                 before = None
             if pod.last_termination:
                 self._last[pod.name] = pod.last_termination
             was_ready = pod.ready or (before is not None and before.was_ready)
+            node = pod.node or (before.node if before is not None else "")
             self._leaders[pod.name] = _Leader(
-                pod.uid, pod.revision, was_ready, pod.last_termination
+                pod.uid, pod.revision, was_ready, pod.last_termination, node
             )
             if pod.ready:
                 self._recreations.pop(pod.name, None)
+                self._nodes.pop(pod.name, None)
             count = self._recreations.get(pod.name, 0)
             if count >= CRASH_LOOP_RECREATIONS and (worst is None or count > worst.recreations):
-                worst = CrashLoop(pod.name, pod.container, count, self._last.get(pod.name, ""))
+                nodes = self._nodes.get(pod.name, set())
+                one = next(iter(nodes)) if len(nodes) == 1 else ""
+                worst = CrashLoop(pod.name, pod.container, count, self._last.get(pod.name, ""), one)
         return worst
 
     def forgive(self) -> None:
         """Start counting afresh: a reported crash loop needs new evidence to fail again."""
         self._recreations.clear()
+        self._nodes.clear()
 
 
 # --- the phase -----------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ multi-node Ascend recipe, a block size CUDA accepts) is :mod:`infra.engine_launc
 engine's flags come from :func:`infra.vllm_args.vllm_args`, shared with local engines;
 ``--max-model-len`` is always set.
 
+Quarantined nodes. :func:`render_model` takes the nodes aif keeps its models off (their cards
+are quarantined, :mod:`infra.node_quarantine`): every pod template then requires
+``kubernetes.io/hostname NotIn [...]``. Engines leave their log's tail as the termination
+message of a failed container (``FallbackToLogsOnError``), where a device error is read.
+
 Weight cache. With ``ClusterConfig.cache_pvc`` set, the pods copy the weights to that fast
 volume first and the engine reads them from there; the init container that does it is
 :mod:`infra.weight_cache`'s.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -81,6 +87,7 @@ LIVENESS_TIMEOUT_S = 10
 LIVENESS_FAILURES = 8
 # NCCL/HCCL and Ray use shared memory between processes of one pod.
 SHM_SIZE = "16Gi"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -144,7 +151,20 @@ def _probe(timeout_s: int = PROBE_TIMEOUT_S, **timing: int) -> dict[str, Any]:
     return {"httpGet": get, "timeoutSeconds": timeout_s, **timing}
 
 
-def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterConfig) -> Manifest:
+def _away_from(nodes: Collection[str]) -> dict[str, Any]:
+    """Node affinity that keeps a pod off ``nodes`` (their cards are quarantined)."""
+    term = {"matchExpressions": [
+        {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}]}  # fmt: skip
+    required = {"nodeSelectorTerms": [term]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
+def _pod_spec(
+    container: dict[str, Any],
+    spec: DeploymentSpec,
+    cluster: ClusterConfig,
+    avoid_nodes: Collection[str] = (),
+) -> Manifest:
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": spec.pvc.name}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
@@ -152,6 +172,8 @@ def _pod_spec(container: dict[str, Any], spec: DeploymentSpec, cluster: ClusterC
     pod: dict[str, Any] = {}
     if scheduler := gang.scheduler_name(cluster):
         pod["schedulerName"] = scheduler
+    if avoid_nodes:
+        pod["affinity"] = _away_from(avoid_nodes)
     if cluster.cache_pvc:
         volumes.append(cache_volume(cluster.cache_pvc))
         # The engine's image has bash and cp; a second image would only add a pull.
@@ -179,6 +201,8 @@ def _container(
         "name": profile.container_name,
         "image": cluster.engine_image or profile.image,
         "imagePullPolicy": "IfNotPresent",
+        # A failed engine's last log lines reach the pod's status: device errors are read there.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **run,
         "env": [
             *({"name": k, "value": kubelet_literal(v)} for k, v in env.items()),
@@ -242,7 +266,12 @@ def _pod_metadata(pod_labels: dict[str, str], cluster: ClusterConfig) -> dict[st
 
 
 def _group_template(
-    spec: DeploymentSpec, preset: Preset, par: Parallelism, cluster: ClusterConfig, name: str
+    spec: DeploymentSpec,
+    preset: Preset,
+    par: Parallelism,
+    cluster: ClusterConfig,
+    name: str,
+    avoid_nodes: Collection[str],
 ) -> dict[str, Any]:
     """The LWS ``leaderWorkerTemplate``: one leader serving the API, Ray workers if needed."""
     _, group = _labels(spec, preset, name)
@@ -258,12 +287,15 @@ def _group_template(
         worker = _container(spec, preset, par, cluster, run, serves=False)
         worker_template = {
             "metadata": _pod_metadata({"xds/instanceType": "worker", **group}, cluster),
-            "spec": _pod_spec(worker, spec, cluster),
+            "spec": _pod_spec(worker, spec, cluster, avoid_nodes),
         }
     return {
         "size": par.nodes,
         "restartPolicy": "RecreateGroupOnPodRestart",
-        "leaderTemplate": {"metadata": leader_meta, "spec": _pod_spec(leader, spec, cluster)},
+        "leaderTemplate": {
+            "metadata": leader_meta,
+            "spec": _pod_spec(leader, spec, cluster, avoid_nodes),
+        },
         "workerTemplate": worker_template,
     }
 
@@ -290,8 +322,14 @@ def _pod_monitor(name: str, cluster: ClusterConfig, common: dict[str, str]) -> M
     }
 
 
-def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -> list[Manifest]:
-    """The model's Kubernetes objects: LWS, Service and, when configured, a PodMonitor.
+def render_model(
+    spec: DeploymentSpec,
+    preset: Preset,
+    cluster: ClusterConfig,
+    avoid_nodes: Collection[str] = (),
+) -> list[Manifest]:
+    """The model's Kubernetes objects: LWS, Service and, when configured, a PodMonitor; the
+    pods are kept off ``avoid_nodes``.
 
     Raises :class:`SizingError` when the preset cannot run on the accelerators it names.
     """
@@ -311,7 +349,7 @@ def render_model(spec: DeploymentSpec, preset: Preset, cluster: ClusterConfig) -
             "replicas": spec.replicas,
             # Workers must start with the leader: its Ray head waits for them to join.
             "startupPolicy": "LeaderCreated",
-            "leaderWorkerTemplate": _group_template(spec, preset, par, cluster, name),
+            "leaderWorkerTemplate": _group_template(spec, preset, par, cluster, name, avoid_nodes),
         },
     }
     objects: list[Manifest] = [lws, _leader_service(name, cluster, common)]

@@ -53,6 +53,8 @@ class ModelDeploymentArgs:
 
     spec: DeploymentSpec
     cluster: ClusterConfig
+    # Nodes whose cards are quarantined: the model's pods are kept off them.
+    avoid_nodes: tuple[str, ...] = ()
 
 
 def _metadata(obj: Manifest) -> ObjectMetaArgs:
@@ -86,7 +88,7 @@ class ModelDeployment(pulumi.ComponentResource):
         presets = load_presets()
         if args.spec.type not in presets:
             raise ValueError(f"unknown model type {args.spec.type!r}")
-        objects = render_model(args.spec, presets[args.spec.type], args.cluster)
+        objects = render_model(args.spec, presets[args.spec.type], args.cluster, args.avoid_nodes)
         child = pulumi.ResourceOptions(parent=self)
 
         by_kind = {obj["kind"]: obj for obj in objects}

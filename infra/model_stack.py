@@ -1,6 +1,7 @@
 """A model's Pulumi stack: its config, its inline program, and the digest of what it applies.
 
-The stack's config holds the model's desired spec and every cluster setting
+The stack's config holds the model's desired spec, the quarantined nodes it is kept off, and
+every cluster setting
 (:func:`stack_config`, read back by :func:`args_from_config`); its inline program
 (:func:`model_program`) builds the :class:`~infra.model_deployment.ModelDeployment` from that
 config and exports the component's outputs, ``replicas`` and ``specHash``: a digest of the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pulumi
@@ -29,6 +31,9 @@ from infra.model_deployment import ModelDeployment, ModelDeploymentArgs
 PROJECT_NAME = "aif-models"
 SPEC_HASH_KEY = "specHash"
 REPLICAS_KEY = "replicas"
+# The quarantined nodes the model is kept off, as a JSON list; always set, so that an empty
+# set replaces the last one.
+AVOID_NODES_KEY = "avoidNodes"
 
 
 # --- stack config and the inline program ------------------------------------------------------
@@ -55,6 +60,7 @@ def stack_config(args: ModelDeploymentArgs) -> dict[str, str]:
     so a new one reaches the stack, and its hash, with no change here.
     """
     spec = _spec_values(args.spec)
+    spec[AVOID_NODES_KEY] = json.dumps(sorted(args.avoid_nodes))
     cluster = cluster_settings.stack_values(args.cluster)
     clash = spec.keys() & cluster.keys()
     if clash:
@@ -81,7 +87,8 @@ def args_from_config(values: Lookup) -> ModelDeploymentArgs:
         pvc=Pvc(name=required("pvcName"), path=required("pvcPath")),
         generation=0,
     )
-    return ModelDeploymentArgs(spec, cluster_settings.from_stack_values(values))
+    avoid = tuple(json.loads(values.get(AVOID_NODES_KEY) or "[]"))
+    return ModelDeploymentArgs(spec, cluster_settings.from_stack_values(values), avoid)
 
 
 def model_program() -> None:
@@ -103,9 +110,12 @@ class DesiredStack:
     spec_hash: str
 
 
-def desired_stack(spec: DeploymentSpec, cluster: ClusterConfig) -> DesiredStack:
-    """The stack config for ``spec`` and its digest of everything but the replicas; refuses
-    specs that cannot be rendered."""
+def desired_stack(
+    spec: DeploymentSpec, cluster: ClusterConfig, avoid_nodes: Collection[str] = ()
+) -> DesiredStack:
+    """The stack config for ``spec`` (kept off ``avoid_nodes``) and its digest of everything
+    but the replicas; refuses specs that cannot be rendered. A change of the quarantined nodes
+    changes the digest: the affinity is re-applied by a full update."""
     presets = load_presets()
     if spec.type not in presets:
         known = ", ".join(sorted(presets))
@@ -115,10 +125,10 @@ def desired_stack(spec: DeploymentSpec, cluster: ClusterConfig) -> DesiredStack:
             retryable=False,
         )
     try:
-        manifests = render_model(spec, presets[spec.type], cluster)
+        manifests = render_model(spec, presets[spec.type], cluster, avoid_nodes)
     except SizingError as exc:
         raise DeployerError(str(exc), reason="InvalidSpec", retryable=False) from exc
-    base = stack_config(ModelDeploymentArgs(spec, cluster))
+    base = stack_config(ModelDeploymentArgs(spec, cluster, tuple(sorted(avoid_nodes))))
     # The rendered objects are in the digest, so an aif upgrade that changes them re-applies.
     # Replicas are not: a scale sets that one key and updates, without a full redeploy.
     lws = next(obj for obj in manifests if obj["kind"] == "LeaderWorkerSet")
@@ -130,6 +140,7 @@ def desired_stack(spec: DeploymentSpec, cluster: ClusterConfig) -> DesiredStack:
 
 
 __all__ = [
+    "AVOID_NODES_KEY",
     "PROJECT_NAME",
     "REPLICAS_KEY",
     "SPEC_HASH_KEY",

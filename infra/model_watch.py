@@ -70,6 +70,8 @@ class ModelWatch:
     pvc_seen: bool = False
     # The LWS generation right after our last update; a later one is someone else's edit.
     baseline_generation: int | None = None
+    # Device faults already reported: (pod uid, termination message).
+    faults_seen: set[tuple[str, str]] = field(default_factory=set)
 
     def restart(self, key: tuple[str, int], now: float) -> None:
         """A new desired spec: a new load, read at once."""

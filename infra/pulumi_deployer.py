@@ -22,6 +22,13 @@ the other field manager (the objects carry ``pulumi.com/patchForce``). Left to o
 and locks to :mod:`infra.stacks`; reading the cluster to :mod:`infra.cluster_observer`;
 phases and messages to :mod:`infra.diagnosis`; retries and statuses to the model-job-executor.
 
+Fault isolation. With a :class:`~infra.node_quarantine.FaultIsolation` (the inventory), every
+desired stack keeps the model off the quarantined nodes of its resource type (node affinity;
+a change of that set changes the digest, so the affinity is re-applied), each observation
+reports a pod that terminated with a device error (its termination message) or a crash loop
+confined to one node while the model serves elsewhere, and a group still on a quarantined node
+once the affinity is applied has its pods deleted: LWS makes the group again, elsewhere.
+
 Backend: ``settings.pulumi_backend_url`` (``s3://bucket?endpoint=...`` for OBS, credentials in
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` of the executor's
 environment) or ``file://<data_dir>/pulumi-state``; secrets use the passphrase provider with
@@ -41,9 +48,10 @@ from typing import Literal
 from pulumi import automation as auto
 
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.device_faults import find_device_fault
 from domain.settings import Settings
-from infra.cluster_observer import ClusterObserver, KubernetesObserver
-from infra.diagnosis import diagnose
+from infra.cluster_observer import ClusterObserver, ClusterSnapshot, KubernetesObserver
+from infra.diagnosis import CrashLoop, diagnose
 from infra.manifests import k8s_name, label_value
 from infra.model_stack import (
     PROJECT_NAME,
@@ -54,6 +62,7 @@ from infra.model_stack import (
     model_program,
 )
 from infra.model_watch import MIN_INTERVAL_S, ModelWatch, read_snapshot
+from infra.node_quarantine import FaultIsolation
 from infra.stacks import Progress, StackWorkspace, run_cli
 
 logger = logging.getLogger(__name__)
@@ -92,8 +101,12 @@ class PulumiDeployer:
         apply_wait_s: float | None = None,
         stale_lock_age_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        isolation: FaultIsolation | None = None,
     ) -> None:
         self._cluster = settings.cluster
+        self._isolation = isolation
+        # The quarantined nodes last read, per resource type: kept when a read fails.
+        self._avoid: dict[str, frozenset[str]] = {}
         self._observer: ClusterObserver = observer or KubernetesObserver()
         state_dir = (settings.data_dir / "pulumi-state").resolve()
         self._stacks = StackWorkspace(
@@ -129,7 +142,8 @@ class PulumiDeployer:
     # The Deployer protocol.
 
     async def apply(self, spec: DeploymentSpec) -> DeploymentState:
-        desired = desired_stack(spec, self._cluster)
+        avoid = await self._avoided(spec.resource_type)
+        desired = desired_stack(spec, self._cluster, avoid)
         model_id = spec.model_id
         async with self._lock(model_id):
             op = self._operations.get(model_id) or self._maybe_update(spec, desired)
@@ -153,7 +167,7 @@ class PulumiDeployer:
             locked = self._locked.get(model_id)
             if locked is not None:
                 return self._meanwhile(model_id, locked[1])
-            return await self._observe(spec, desired)
+            return await self._observe(spec, desired, avoid)
 
     async def remove(self, model_id: str) -> bool:
         async with self._lock(model_id):
@@ -214,7 +228,20 @@ class PulumiDeployer:
             return DeploymentState(Phase.PROGRESSING, message=message)
         return DeploymentState(Phase.PROGRESSING, last.ready_replicas, last.endpoints, message)
 
-    async def _observe(self, spec: DeploymentSpec, desired: DesiredStack) -> DeploymentState:
+    async def _avoided(self, resource_type: str) -> frozenset[str]:
+        if self._isolation is None:
+            return frozenset()
+        try:
+            found = await asyncio.to_thread(self._isolation.avoided_nodes, resource_type)
+        except Exception as exc:
+            logger.warning("cannot read the quarantined nodes, keeping the last ones: %s", exc)
+            return self._avoid.get(resource_type, frozenset())
+        self._avoid[resource_type] = found
+        return found
+
+    async def _observe(
+        self, spec: DeploymentSpec, desired: DesiredStack, avoid: frozenset[str]
+    ) -> DeploymentState:
         watch = self._watch(spec.model_id, desired, spec)
         now = self._clock()
         if watch.state is not None and not watch.due(now):
@@ -232,6 +259,10 @@ class PulumiDeployer:
             ) from exc
         crash = watch.history.observe(snapshot.pods)
         applied = self._applied.get(spec.model_id)
+        if self._isolation is not None:
+            # Groups move only once the LWS carries the affinity that keeps them off.
+            placed = applied is not None and applied.spec_hash == desired.spec_hash
+            crash = await self._isolate(spec, snapshot, crash, watch, avoid if placed else None)
         drift = watch.drifted(snapshot.lws, applied.replicas) if applied is not None else ""
         if drift:
             logger.warning("drift model=%s: %s; re-applying", spec.model_id, drift)
@@ -246,6 +277,71 @@ class PulumiDeployer:
             state = DeploymentState(Phase.PROGRESSING, ready, serving, message)
             watch.due_at = -float("inf")
         return state
+
+    async def _isolate(
+        self,
+        spec: DeploymentSpec,
+        snapshot: ClusterSnapshot,
+        crash: CrashLoop | None,
+        watch: ModelWatch,
+        avoid: frozenset[str] | None,
+    ) -> CrashLoop | None:
+        """Report device faults and a crash loop confined to one node, and move groups off
+        the ``avoid`` nodes (None: not yet); the crash loop left for the diagnosis (None once
+        blamed on a node)."""
+        model = (spec.model_id, spec.name)
+        uids = {p.uid for p in snapshot.pods}
+        watch.faults_seen = {seen for seen in watch.faults_seen if seen[0] in uids}
+        for pod in snapshot.pods:
+            fault = find_device_fault(pod.termination_message) if pod.node else None
+            if fault is None or (pod.uid, pod.termination_message) in watch.faults_seen:
+                continue
+            if await self._report(pod.node, fault.device, fault.line, model):
+                watch.faults_seen.add((pod.uid, pod.termination_message))
+        if crash is not None and crash.node:
+            elsewhere = [p for p in snapshot.pods if p.ready and p.node and p.node != crash.node]
+            if elsewhere:
+                last = f"; last exit: {crash.last_termination}" if crash.last_termination else ""
+                reason = (
+                    f"the group of pod {crash.pod} was recreated {crash.recreations} times on "
+                    f"this node before it became ready, while the model serves on others{last}"
+                )
+                if await self._report(crash.node, None, reason, model):
+                    watch.history.forgive()
+                    crash = None
+        if avoid:
+            await self._move_off(spec, snapshot, avoid)
+        return crash
+
+    async def _report(
+        self, node: str, device: int | None, reason: str, model: tuple[str, str]
+    ) -> bool:
+        """Tell the inventory of a fault; whether it took it (the next read tries again)."""
+        assert self._isolation is not None
+        try:
+            await asyncio.to_thread(self._isolation.device_fault, node, device, reason, model)
+        except Exception as exc:
+            logger.warning("cannot quarantine a card of node=%s (%s): %s", node, reason, exc)
+            return False
+        return True
+
+    async def _move_off(
+        self, spec: DeploymentSpec, snapshot: ClusterSnapshot, avoid: frozenset[str]
+    ) -> None:
+        """Delete the pods of every group with a pod on a quarantined node: the applied
+        affinity keeps the group LWS makes again off it."""
+        groups = {_group(p.name, p.leader) for p in snapshot.pods
+                  if p.node in avoid and not p.terminating}  # fmt: skip
+        doomed = [p.name for p in snapshot.pods
+                  if _group(p.name, p.leader) in groups and not p.terminating]  # fmt: skip
+        if not doomed:
+            return
+        logger.warning("moving model=%s groups=%s off quarantined nodes=%s",
+                       spec.model_id, sorted(groups), sorted(avoid))  # fmt: skip
+        try:
+            await asyncio.to_thread(self._observer.delete_pods, self._cluster.namespace, doomed)
+        except Exception as exc:
+            logger.warning("cannot delete pods of model=%s: %s", spec.model_id, exc)
 
     # Operations: at most one per stack, in the pool, outliving the call that started them.
 
@@ -390,6 +486,11 @@ class PulumiDeployer:
         )
         self._stacks.remove_work_dir(model_id)
         return gone
+
+
+def _group(pod_name: str, leader: bool) -> str:
+    """The group a pod belongs to, by its leader's name (LWS names workers ``<leader>-<i>``)."""
+    return pod_name if leader else pod_name.rsplit("-", 1)[0]
 
 
 __all__ = [

@@ -64,7 +64,6 @@ from api.deployers._processes import (
     terminate,
     write_json,
 )
-from api.deployers.device_faults import find_device_fault
 from api.deployers.launch import (
     ENGINE_HOST,
     engine_command,
@@ -74,6 +73,7 @@ from api.deployers.launch import (
 )
 from domain.accelerators import Placement
 from domain.deployment import DeployerError, DeploymentSpec, DeploymentState, Phase
+from domain.device_faults import find_device_fault
 from domain.presets import card_shape
 from domain.records import Endpoint
 from domain.settings import Settings

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
-from api.accelerators import Accelerators
+from api.accelerators import Inventory
 from api.deps import AdminDep, in_store
 from api.errors import StoreUnavailableError
 from api.schemas import AcceleratorInventory, CardChange, CardQuarantine
@@ -17,12 +17,12 @@ Node = Annotated[str, Path(min_length=1, max_length=253, description="the node's
 Index = Annotated[int, Path(ge=0, le=1023, description="the card's index on its node")]
 
 
-def _inventory(request: Request) -> Accelerators:
-    inventory: Accelerators | None = getattr(request.app.state, "accelerators", None)
+def _inventory(request: Request) -> Inventory:
+    inventory: Inventory | None = getattr(request.app.state, "accelerators", None)
     if inventory is None:
         raise StoreUnavailableError(
-            "the accelerator inventory is kept by the process that runs the model-job-executor "
-            "on this machine (aif serve, aif model-job-executor)"
+            "the local accelerator inventory is kept by the process that runs the "
+            "model-job-executor on this machine (aif serve, aif model-job-executor)"
         )
     return inventory
 
@@ -30,8 +30,8 @@ def _inventory(request: Request) -> Accelerators:
 @router.get("/v1/accelerators", response_model=AcceleratorInventory)
 async def list_accelerators(_: AdminDep, request: Request) -> dict[str, Any]:
     """Every card (free, allocated to a model's instance, or quarantined) with totals per
-    resource type and per node."""
-    return _inventory(request).view()
+    resource type and per node. On a cluster, read from its nodes and pods (cached a few s)."""
+    return await in_store(request, _inventory(request).view)
 
 
 @router.post("/v1/accelerators/{node}/{index}/quarantine", response_model=CardChange)
@@ -49,5 +49,5 @@ async def release_card(node: Node, index: Index, admin: AdminDep, request: Reque
     """Put a quarantined card back in service (``changed`` false if it was not quarantined)."""
     inventory = _inventory(request)
     changed = await in_store(request, inventory.release, node, index, admin.key_id, "by an admin")
-    return CardChange(node=node, index=index, state=inventory.ledger.state(node, index).value,
-                      changed=changed)  # fmt: skip
+    state = await in_store(request, inventory.state, node, index)
+    return CardChange(node=node, index=index, state=state, changed=changed)

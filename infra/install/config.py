@@ -62,6 +62,9 @@ class InstallConfig:
     state_storage_size: str = "1Gi"  # aif:stateStorageSize
     create_models_namespace: bool = True  # aif:createModelsNamespace
     log_level: str = "INFO"  # aif:logLevel
+    # aif:taintFaultyNodes: a NoSchedule taint on nodes whose cards are quarantined (the
+    # executor then gets `patch` on nodes).
+    taint_faulty_nodes: bool = False
     # aif:prometheusUrl: a Prometheus scraping the gateways and engines (see aif:podMonitor),
     # where the task-executor-manager reads the models' load.
     prometheus_url: str = ""
@@ -122,6 +125,7 @@ class InstallConfig:
         flags = {
             "enableLocalStorage": "enable_local_storage",
             "createModelsNamespace": "create_models_namespace",
+            "taintFaultyNodes": "taint_faulty_nodes",
         }
         for key, attribute in flags.items():
             flag = config.get_bool(key)

@@ -61,8 +61,13 @@ class Installation(pulumi.ComponentResource):
         inputs = RoleInputs(
             self.config_map, self.secret, self.state_claim, self.mongodb, self.admin_key_secret
         )
-        # Pods of a role name their account: start them once both accounts exist.
-        roles_opts = after(after_ns, self.rbac.service_account, self.rbac.executor_service_account)
+        # Pods of a role name their account: start them once the accounts exist.
+        roles_opts = after(
+            after_ns,
+            self.rbac.service_account,
+            self.rbac.executor_service_account,
+            self.rbac.frontend_service_account,
+        )
         self.deployments = {
             role.name: build_deployment(role, config, inputs, roles_opts) for role in ROLES
         }

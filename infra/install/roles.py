@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 from infra.cluster_settings import cluster_env
 from infra.install.config import InstallConfig
 from infra.install.objects import labels, meta, selector
-from infra.install.rbac import EXECUTOR_SERVICE_ACCOUNT, SERVICE_ACCOUNT
+from infra.install.rbac import EXECUTOR_SERVICE_ACCOUNT, FRONTEND_SERVICE_ACCOUNT, SERVICE_ACCOUNT
 from infra.install.services import HTTP_PORT, HTTP_PORT_NAME, chat_executor_url, scaler_url
 
 DATA_DIR = "/var/lib/aif"
@@ -46,18 +46,29 @@ class RoleSpec:
     # Serves /v1 (the frontend, the chat-job-executor, the task-executor-manager's pressure
     # reports) or calls it (the chat-job-executor's reports): it gets the bootstrap admin key.
     serves_api: bool = False
+    # Answers /v1/accelerators: reads the nodes and pods (read-only), with an account of its own.
+    reads_nodes: bool = False
 
     @property
     def service_account(self) -> str:
-        return EXECUTOR_SERVICE_ACCOUNT if self.uses_cluster_api else SERVICE_ACCOUNT
+        if self.uses_cluster_api:
+            return EXECUTOR_SERVICE_ACCOUNT
+        return FRONTEND_SERVICE_ACCOUNT if self.reads_nodes else SERVICE_ACCOUNT
+
+    @property
+    def has_token(self) -> bool:
+        return self.uses_cluster_api or self.reads_nodes
 
 
-# Only the model-job-executor calls the API (Pulumi, and reading readiness). The frontend and
-# the chat-job-executor serve HTTP from the store; the task-executor-manager reads the store
-# and the engines' /metrics through their Services, and writes desired replicas to the store.
+# The model-job-executor drives the models through the API (Pulumi, reading readiness); the
+# frontend only reads the nodes' cards for /v1/accelerators. The chat-job-executor serves HTTP
+# from the store; the task-executor-manager reads the store and the engines' /metrics through
+# their Services, and writes desired replicas to the store.
 # The executor's limits leave room for the Pulumi CLI and the kubernetes plugin it spawns.
 ROLES: tuple[RoleSpec, ...] = (
-    RoleSpec("frontend", False, False, "100m", "256Mi", "1", "1Gi", serves_api=True),
+    RoleSpec(
+        "frontend", False, False, "100m", "256Mi", "1", "1Gi", serves_api=True, reads_nodes=True
+    ),
     RoleSpec("model-job-executor", True, True, "250m", "512Mi", "2", "2Gi"),
     RoleSpec("chat-job-executor", False, False, "250m", "256Mi", "2", "1Gi", serves_api=True),
     RoleSpec("task-executor-manager", False, False, "100m", "256Mi", "1", "512Mi", serves_api=True),
@@ -81,6 +92,8 @@ def settings_env(config: InstallConfig) -> dict[str, str]:
     }
     if config.pulumi_backend_url:
         env["AIF_PULUMI_BACKEND_URL"] = config.pulumi_backend_url
+    if config.taint_faulty_nodes:
+        env["AIF_TAINT_FAULTY_NODES"] = "true"
     return env
 
 
@@ -214,8 +227,8 @@ def _container(
 def _pod_spec(role: RoleSpec, config: InstallConfig, inputs: RoleInputs) -> k8s.core.v1.PodSpecArgs:
     return k8s.core.v1.PodSpecArgs(
         service_account_name=role.service_account,
-        # Only the role that calls the API gets a token.
-        automount_service_account_token=role.uses_cluster_api,
+        # Only the roles that call the API get a token.
+        automount_service_account_token=role.has_token,
         security_context=k8s.core.v1.PodSecurityContextArgs(
             run_as_non_root=True, run_as_user=AIF_UID, fs_group=AIF_UID
         ),

@@ -7,6 +7,8 @@ stays 0), the scheduler (``PodScheduled=False`` and a ``FailedScheduling`` event
 outlives the pod), rolling updates (``updatedReplicas`` below ``replicas`` with
 ``UpdateInProgress``), other field managers (``kubectl scale``), terminating pods after a
 delete, and the control plane's own pods (for stack-lock holders). Every read is counted.
+Pods land on ``nodes`` in turn, skipping those the applied affinity excludes (``avoid``); a
+deleted pod is made again, as LWS does after a delete, on a node the affinity allows.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class FakeCluster:
     reads: Counter[str] = field(default_factory=Counter)
     closed: bool = False
     fail_reads: Exception | None = None
+    nodes: list[str] = field(default_factory=lambda: ["node-a", "node-b", "node-c"])
+    # What the LWS's node affinity keeps its pods off (the last applied avoidNodes).
+    avoid: set[str] = field(default_factory=set)
+    deleted: list[str] = field(default_factory=list)
 
     # --- the ClusterObserver protocol ------------------------------------------------------
 
@@ -90,6 +96,15 @@ class FakeCluster:
         self._read("pvc")
         return name in self.pvcs
 
+    def delete_pods(self, namespace: str, names: Collection[str]) -> None:
+        """LWS makes the group again at once: new uids, placed where the affinity allows."""
+        assert namespace == NAMESPACE
+        for name in names:
+            self.deleted.append(name)
+            old = self.pod_map.pop(name, None)
+            if old is not None:
+                self.pod_map[name] = self._new_leader(name, old.revision)
+
     def peer_exists(self, pod_name: str) -> bool | None:
         self._read("peer")
         return None if self.peers is None else pod_name in self.peers
@@ -125,8 +140,14 @@ class FakeCluster:
             self.pod_model[name] = lws.model_id
             self.pod_map[name] = self._new_leader(name, lws.revision)
 
+    def _place(self) -> str:
+        allowed = [n for n in self.nodes if n not in self.avoid]
+        return allowed[len(self.pod_map) % len(allowed)] if allowed else ""
+
     def _new_leader(self, name: str, revision: str) -> PodStatus:
-        pod = PodStatus(name, "Running", uid=_uid(), revision=revision, container="vllm")
+        node = self._place()
+        pod = PodStatus(name, "Running", uid=_uid(), revision=revision, container="vllm",
+                        node=node)  # fmt: skip
         if self.auto_ready:
             pod = replace(pod, ready=True, ip=f"10.0.0.{len(self.pod_map) + 10}")
         return pod
@@ -150,11 +171,13 @@ class FakeCluster:
         self.set_pod(name, ready=True, ip="10.0.1.7", phase="Running", scheduled=True)
 
     def crash(self, name: str) -> None:
-        """A container restarts; LWS deletes the group and makes it again: new uid, 0 restarts."""
+        """A container restarts; LWS deletes the group and makes it again: new uid, 0 restarts
+        (on the same node: the scheduler sees it free again)."""
         old = self.pod_map[name]
         self.pod_map[name] = PodStatus(
-            name, "Running", uid=_uid(), revision=old.revision, container=old.container
-        )
+            name, "Running", uid=_uid(), revision=old.revision, container=old.container,
+            node=old.node,
+        )  # fmt: skip
 
     def unschedulable(self, name: str, message: str) -> None:
         pod = self.set_pod(

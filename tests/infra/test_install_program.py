@@ -19,7 +19,10 @@ from domain.settings import ClusterConfig
 from infra.install import (
     CHAT_EXECUTOR_SERVICE_NAME,
     EXECUTOR_SERVICE_ACCOUNT,
+    FRONTEND_SERVICE_ACCOUNT,
     FRONTEND_SERVICE_NAME,
+    NODE_READER_ROLE,
+    NODE_TAINTER_ROLE,
     SCALER_SERVICE_NAME,
     SERVICE_ACCOUNT,
     InstallConfig,
@@ -264,8 +267,10 @@ def test_rbac_covers_exactly_what_aif_touches() -> None:
         ("monitoring.coreos.com", "podmonitors"),
     }
     read = {"get", "list", "watch"}
-    for resource in ("persistentvolumeclaims", "pods", "events"):
+    for resource in ("persistentvolumeclaims", "events"):
         assert namespaced[("", resource)] == read
+    # Pods are deleted too: a group on a quarantined node is made again elsewhere.
+    assert namespaced[("", "pods")] == {*read, "delete"}
     assert "create" in namespaced[("leaderworkerset.x-k8s.io", "leaderworkersets")]
     for rule in role["rules"]:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
@@ -280,16 +285,48 @@ def test_rbac_covers_exactly_what_aif_touches() -> None:
         ]
 
 
-def test_nothing_is_granted_on_nodes_or_endpoint_slices() -> None:
-    installed = install(local_storage())
+CLUSTER_ROLE = "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole"
+CLUSTER_BINDING = "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding"
 
-    # Nothing in aif reads nodes: no cluster-scoped grant at all.
-    assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole") == []
-    assert installed.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding") == []
+
+def test_the_inventory_reads_nodes_and_pods_cluster_wide_and_writes_nothing() -> None:
+    installed = install(local_storage(namespace="aif-system"))
+
+    [reader] = installed.of_type(CLUSTER_ROLE)
+    assert reader["metadata"]["name"] == NODE_READER_ROLE
+    assert granted(reader["rules"]) == {
+        ("", "nodes"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch"},
+    }
+    [binding] = installed.of_type(CLUSTER_BINDING)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_READER_ROLE
+    }  # fmt: skip
+    assert sorted(binding["subjects"], key=lambda s: s["name"]) == [
+        {"kind": "ServiceAccount", "name": FRONTEND_SERVICE_ACCOUNT, "namespace": "aif-system"},
+        {"kind": "ServiceAccount", "name": EXECUTOR_SERVICE_ACCOUNT, "namespace": "aif-system"},
+    ]
+    # Namespaced roles still grant nothing on nodes or endpoint slices.
     resources = {
         resource for role in installed.of_type(ROLE) for _, resource in granted(role["rules"])
     }
     assert resources.isdisjoint({"nodes", "endpointslices", "endpoints"})
+    [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
+    assert "AIF_TAINT_FAULTY_NODES" not in config_map["data"]
+
+
+def test_tainting_faulty_nodes_grants_the_executor_patch_on_nodes_only() -> None:
+    installed = install(local_storage(taint_faulty_nodes=True))
+
+    roles = {r["metadata"]["name"]: r for r in installed.of_type(CLUSTER_ROLE)}
+    assert set(roles) == {NODE_READER_ROLE, NODE_TAINTER_ROLE}
+    assert granted(roles[NODE_TAINTER_ROLE]["rules"]) == {("", "nodes"): {"patch"}}
+    bindings = {b["roleRef"]["name"]: b for b in installed.of_type(CLUSTER_BINDING)}
+    assert bindings[NODE_TAINTER_ROLE]["subjects"] == [
+        {"kind": "ServiceAccount", "name": EXECUTOR_SERVICE_ACCOUNT, "namespace": "kube-system"}
+    ]
+    [config_map] = installed.of_type("kubernetes:core/v1:ConfigMap")
+    assert config_map["data"]["AIF_TAINT_FAULTY_NODES"] == "true"
 
 
 def pod_spec(installed: Installed, role: str) -> dict[str, Any]:
@@ -303,24 +340,27 @@ def test_only_roles_that_read_the_cluster_get_a_token() -> None:
     def token(role: str) -> bool:
         return bool(pod_spec(installed, role)["automountServiceAccountToken"])
 
-    assert pod_spec(installed, "frontend")["serviceAccountName"] == SERVICE_ACCOUNT
-    assert token("frontend") is False
+    # The frontend reads the nodes' cards for /v1/accelerators, with an account of its own.
+    assert pod_spec(installed, "frontend")["serviceAccountName"] == FRONTEND_SERVICE_ACCOUNT
+    assert token("frontend") is True
+    assert token("chat-job-executor") is False
+    assert token("task-executor-manager") is False
     assert pod_spec(installed, "model-job-executor")["serviceAccountName"] == (
         EXECUTOR_SERVICE_ACCOUNT
     )
     assert token("model-job-executor") is True
 
 
-def test_only_the_model_job_executor_holds_a_token_and_the_account_with_grants() -> None:
+def test_only_the_executor_and_the_frontend_hold_a_token_and_an_account_with_grants() -> None:
     installed = install(local_storage())
 
     with_token = {
         role for role in ROLES if pod_spec(installed, role)["automountServiceAccountToken"]
     }
-    assert with_token == {"model-job-executor"}
+    assert with_token == {"model-job-executor", "frontend"}
     accounts = {role: pod_spec(installed, role)["serviceAccountName"] for role in ROLES}
     assert accounts == {
-        "frontend": SERVICE_ACCOUNT,
+        "frontend": FRONTEND_SERVICE_ACCOUNT,
         "model-job-executor": EXECUTOR_SERVICE_ACCOUNT,
         "chat-job-executor": SERVICE_ACCOUNT,
         "task-executor-manager": SERVICE_ACCOUNT,
@@ -334,7 +374,7 @@ def test_only_the_model_job_executor_holds_a_token_and_the_account_with_grants()
         for binding in installed.of_type(f"kubernetes:rbac.authorization.k8s.io/v1:{kind}")
         for subject in binding["subjects"]
     ]
-    assert set(subjects) == {EXECUTOR_SERVICE_ACCOUNT}
+    assert set(subjects) == {EXECUTOR_SERVICE_ACCOUNT, FRONTEND_SERVICE_ACCOUNT}
 
 
 def container(installed: Installed, role: str) -> dict[str, Any]:
@@ -473,6 +513,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
             "modelsNamespace": "llm",
             "replicas": '{"frontend": 2, "modelJobExecutor": 1}',
             "prometheusUrl": "http://prometheus.monitoring:9090",
+            "taintFaultyNodes": "true",
         },
         ["aif:mongodbUrl", "aif:pulumiPassphrase"],
     )
@@ -486,6 +527,7 @@ def test_config_keys_are_read_from_the_stack() -> None:
     assert config.models_namespace == "llm"
     assert config.pulumi_backend_url == "s3://aif-state"
     assert config.prometheus_url == "http://prometheus.monitoring:9090"
+    assert config.taint_faulty_nodes is True
 
 
 def test_missing_mongodb_url_fails_with_a_clear_message() -> None:

@@ -163,6 +163,41 @@ def test_objects_validate_against_crds_and_kubernetes_schemas(
             kubernetes_validate.validate(obj, version, strict=True)
 
 
+@pytest.mark.parametrize("resource_type", SUPPORTED_RESOURCE_TYPES)
+def test_quarantined_nodes_are_kept_off_by_every_pod_template_and_still_validate(
+    resource_type: str, lws_validators: dict[str, jsonschema.Draft7Validator]
+) -> None:
+    preset = PRESETS["Qwen2.5-72B-Instruct"]
+    cluster = CLUSTERS["two-cards-per-node"]
+    lws = render_model(
+        make_spec(preset, resource_type), preset, cluster, avoid_nodes={"npu-7", "npu-2"}
+    )[0]
+
+    found = templates(lws)
+    assert set(found) == {"leader", "worker"}
+    for template in found.values():
+        required = template["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert required == {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn",
+                 "values": ["npu-2", "npu-7"]}]}]
+        }  # fmt: skip
+        # A failed engine's log tail is its termination message: device errors are read there.
+        (container,) = template["spec"]["containers"]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    for crd, validator in lws_validators.items():
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(lws)]
+        assert not errors, f"{crd}: {errors}"
+    for version in KUBERNETES_VERSIONS:
+        for role, template in found.items():
+            kubernetes_validate.validate(as_pod(template, f"{role}-0"), version, strict=True)
+    # No quarantined node: no affinity at all.
+    plain = render_model(make_spec(preset, resource_type), preset, cluster)[0]
+    assert all("affinity" not in t["spec"] for t in templates(plain).values())
+
+
 def test_single_node_worker_template_is_the_products_empty_one() -> None:
     preset = PRESETS["DeepSeek-R1-Distill-Qwen-7B"]
     lws = render_model(make_spec(preset, "huawei.com/ascend-1980"), preset, ClusterConfig())[0]

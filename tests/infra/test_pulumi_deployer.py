@@ -4,11 +4,8 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -18,7 +15,6 @@ from typing import Any
 
 import pulumi
 import pytest
-import yaml
 from pulumi.automation import CommandResult
 from pulumi.automation.errors import create_command_error
 
@@ -35,6 +31,7 @@ from infra.cluster_observer import (
 from infra.manifests import LWS_NAME_LABEL, k8s_name
 from infra.pulumi_deployer import PROJECT_NAME, PulumiDeployer, desired_stack, model_program
 from infra.stacks import cli_message, lock_owners
+from tests.infra.fake_api_server import serving
 from tests.infra.fake_cluster import NAMESPACE, FakeCluster
 from tests.infra.fake_pulumi import LWS_NAME, MODEL_ID, FakePulumi, dead_pid, lock_error
 
@@ -455,35 +452,6 @@ def test_the_program_builds_a_model_deployment_from_stack_config(settings: Setti
     assert kinds["aif:index:ModelDeployment"].name == LWS_NAME
 
 
-class FakeApiServer(http.server.ThreadingHTTPServer):
-    """Just enough of the Kubernetes API for KubernetesObserver, on a loopback port."""
-
-    def __init__(self, routes: dict[str, dict[str, Any]]) -> None:
-        self.routes = routes
-        self.paths: list[str] = []
-        super().__init__(("127.0.0.1", 0), _ApiHandler)
-
-
-class _ApiHandler(http.server.BaseHTTPRequestHandler):
-    server: FakeApiServer
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        self.server.paths.append(self.path)
-        body = self.server.routes.get(path)
-        if body is None:
-            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
-        payload = json.dumps(body).encode()
-        self.send_response(int(body.get("code", 200)) if body.get("kind") == "Status" else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 UNSCHEDULABLE = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
 
 
@@ -546,40 +514,20 @@ def test_the_kubernetes_observer_reads_the_objects_it_needs(
             ],
         },
         f"{base}/persistentvolumeclaims/release-models": {"metadata": {"name": "release-models"}},
+        f"{base}/pods/p-0": {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p-0"}},
     }
-    server = FakeApiServer(routes)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "t", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
-                ],
-                "users": [{"name": "t", "user": {"token": "t"}}],
-                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-                "current-context": "t",
-            }
-        )
-    )
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    observer = KubernetesObserver()
-    try:
-        lws = observer.leader_worker_set(NAMESPACE, LWS_NAME)
-        missing = observer.leader_worker_set(NAMESPACE, "gone")
-        pods = observer.pods(NAMESPACE, {LWS_NAME_LABEL: LWS_NAME})
-        events = observer.warning_events(NAMESPACE, ["u-1"])
-        found = observer.pvc_exists(NAMESPACE, "release-models")
-        absent = observer.pvc_exists(NAMESPACE, "nope")
-    finally:
-        observer.close()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(routes, tmp_path, monkeypatch) as server:
+        observer = KubernetesObserver()
+        try:
+            lws = observer.leader_worker_set(NAMESPACE, LWS_NAME)
+            missing = observer.leader_worker_set(NAMESPACE, "gone")
+            pods = observer.pods(NAMESPACE, {LWS_NAME_LABEL: LWS_NAME})
+            events = observer.warning_events(NAMESPACE, ["u-1"])
+            found = observer.pvc_exists(NAMESPACE, "release-models")
+            absent = observer.pvc_exists(NAMESPACE, "nope")
+            observer.delete_pods(NAMESPACE, ["p-0", "gone"])
+        finally:
+            observer.close()
 
     assert lws == LwsStatus(replicas=2, ready_replicas=1, updated_replicas=0)
     assert missing is None
@@ -598,3 +546,6 @@ def test_the_kubernetes_observer_reads_the_objects_it_needs(
     assert {"labelSelector": [f"{LWS_NAME_LABEL}={LWS_NAME}"]} in queries
     # The events of one pod, by uid: not every warning of the namespace.
     assert {"fieldSelector": ["type=Warning,involvedObject.uid=u-1"]} in queries
+    # A pod already gone is no error.
+    deletes = [p.split("?")[0] for p in server.paths if p.startswith("DELETE ")]
+    assert deletes == [f"DELETE {base}/pods/p-0", f"DELETE {base}/pods/gone"]
