@@ -25,7 +25,9 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
    ``known_capacity``), else the preset's ``capacity_per_instance``.
 3. **Recommendation** (:func:`recommend`), by stage:
 
-   - *panic*: more concurrency (now, or over the panic window) than the ready instances hold
+   - *panic*: more concurrency (now, over the panic window, or the *lead* of a step in
+     arrivals: more over ``lead_window_s`` than the stable window's rate and Poisson noise
+     explain, times the time a request spends in the system) than the ready instances hold
      at once, or requests held with nothing ready: up at once, sized to the demand,
      ``ceil(concurrency / (estimate * target_utilisation))``, not doubled to the maximum.
    - *breach*: the SLO missed for ``upscale_delay_s`` though the concurrency fits: the
@@ -35,6 +37,14 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
      ``burst_capacity`` at least ``ceil((stable mean + burst_capacity) / estimate)``: up at
      once; down as the burst leaves the stable window, and only once the demand fits the
      fewer instances at ``scale_in_band`` of the target (no flapping at a boundary).
+   - *room*: the steady stage would add instances for its estimate alone, but the SLO is met
+     with ``room_ratio``'s margin over a settled window, the engines do not queue inside, and
+     the demand is no higher than the peak the latency window has seen served: held. The
+     estimate extrapolates from what was seen; latency says the instances hold it.
+   - *probe*: held, with the SLO met with ``probe_ratio``'s margin, every instance ready and
+     unchanged for a latency window: one instance fewer, where the peak per instance it
+     leaves stays within the preset's target, below what the curve saw missing and where the
+     line of its meets predicts room. The fewer show the concurrency the estimate could not.
    - *idle*: nothing answered, in flight or queued for ``idle_window_s`` (counted from the
      last answer, not from when its latency leaves the window): toward ``min_instance``,
      which may be 0. Until then an idle model is *steady*, and gives back instances as any.
@@ -173,7 +183,6 @@ class ScalingState:
     curve: CapacityCurve | None = None
     # (time, concurrency per ready instance) over the latency window.
     per_instance: tuple[tuple[float, float], ...] = ()
-    # When the last probe gave an instance back: the next waits for a latency window of its own.
     # Since when the ready instances have been as many as now: latency over a window since
     # then is these instances' own.
     ready_since: float | None = None
@@ -493,7 +502,7 @@ def _act(
             return replicas, f"{stage}: {replicas - ctx.ready} instances still starting", state
         after = replace(state, breach_since=None, unsettled_at=now) if stage == "breach" else state
         return min(wanted, ceiling), f"{stage}: scale up to the demand", after
-    if wanted == replicas or stage not in ("steady", "probe", "room"):
+    if wanted == replicas or stage not in ("steady", "probe"):
         return replicas, "within target", state
     if stage == "probe" and now - _keep(state.observed_since, now) >= config.downscale_delay_s:
         # Its own hold: the peak of the stable window fits the fewer, and the ready instances
