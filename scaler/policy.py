@@ -327,7 +327,9 @@ def measure(
 
 def lead(state: ScalingState, now: float, config: PolicyConfig) -> float:
     """The concurrency a step in arrivals leads to (see ``PolicyConfig.lead_window_s``); 0
-    without a step, or before the stable window has answers to tell the time in the system."""
+    without a step (arrivals beyond the stable rate's Poisson noise, and the concurrency now
+    beyond its stable mean's), or before the stable window has answers to tell the time in
+    the system."""
     if config.lead_window_s <= 0 or len(state.arrivals) < 2:
         return 0.0
     span = now - state.arrivals[0][0]
@@ -342,6 +344,10 @@ def lead(state: ScalingState, now: float, config: PolicyConfig) -> float:
     answered = sum(n for _, n in state.answers)
     mean = _mean(state.concurrency, now - config.downscale_delay_s)
     if answered <= 0 or mean <= 0:
+        return 0.0
+    # Corroborated by the concurrency, rising past its own noise: arrivals are counted from
+    # samples read between passes, and a read that lands late lumps two intervals into one.
+    if state.concurrency[-1][1] <= mean + 2 * math.sqrt(mean) + 1:
         return 0.0
     in_system_s = mean / (answered / span)
     # The step's own rate: its newest half window, as the whole one still holds the rate before.

@@ -405,3 +405,13 @@ def test_poisson_noise_is_not_a_step() -> None:
         model.step(t, traffic.snapshot(arrivals))
         leads.append(model.decisions[-1].inputs["lead_concurrency"])
     assert sum(1 for lead in leads if lead) <= 3  # mean + 3 standard deviations, per pass
+
+
+def test_a_lumped_read_of_the_count_answered_is_not_a_step() -> None:
+    """A collection that lands late counts two intervals' answers in one pass: many arrivals
+    by the arithmetic, but the concurrency did not rise with them, so no step."""
+    model, traffic = Model(replicas=5), OpenLoop()
+    for t in range(60):
+        model.step(t, traffic.snapshot(9))
+    lumped = replace(traffic.snapshot(9), answered_total=traffic.answered + 27.0)
+    assert model.step(60, lumped).inputs["lead_concurrency"] == 0.0
