@@ -203,8 +203,9 @@ class Settings(ClusterConfig, BaseSettings):
     # learnt capacity alone decides). Bursts and breaches act at once either way.
     scale_probe_ratio: float = Field(default=0.6, ge=0, le=1)
     scale_room_ratio: float = Field(default=0.8, ge=0, le=1)
-    # Arrivals over this window beyond what the stable window's rate explains (Poisson noise)
-    # are a step, sized at once by the concurrency it leads to (0: concurrency alone).
+    # Arrivals over this window beyond what the stable window's rate explains (Poisson noise),
+    # with the concurrency rising too, are a step, sized at once by the concurrency it leads to
+    # (0: concurrency alone).
     scale_lead_window_s: float = Field(default=2.0, ge=0)
     # After a model lends instances to a higher-priority one short of cards, the borrower
     # waits this long for them (the lender's instances drain) before more are taken.

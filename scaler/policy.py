@@ -27,7 +27,8 @@ built. Latency (the SLO ratio at the gateway) corrects the per-instance capacity
 
    - *panic*: more concurrency (now, over the panic window, or the *lead* of a step in
      arrivals: more over ``lead_window_s`` than the stable window's rate and Poisson noise
-     explain, times the time a request spends in the system) than the ready instances hold
+     explain, with the concurrency rising too, times the time a request spends in the
+     system) than the ready instances hold
      at once, or requests held with nothing ready: up at once, sized to the demand,
      ``ceil(concurrency / (estimate * target_utilisation))``, not doubled to the maximum.
    - *breach*: the SLO missed for ``upscale_delay_s`` though the concurrency fits: the
