@@ -132,8 +132,8 @@ class PolicyConfig:
     # Arrivals over this window (counted from the concurrency and the count answered between
     # passes) that the stable window's rate does not explain (more than Poisson noise: mean +
     # 3 standard deviations), with the concurrency rising past its own noise, are a step; the
-    # demand it leads to, the new rate times the time a
-    # request spends in the system (Little's law over the stable window), is acted on at once.
+    # demand it leads to, the new rate times the time a request spends in the system (Little's
+    # law over the stable window), is acted on at once.
     lead_window_s: float = 2.0
 
 
