@@ -114,19 +114,15 @@ class ClusterObserver(Protocol):
     def close(self) -> None: ...
 
 
-class KubernetesObserver:
-    """:class:`ClusterObserver` over the official client: in-cluster config, else KUBECONFIG.
+class KubernetesApi:
+    """The official client's ``ApiClient``, configured at first use (in-cluster config, else
+    KUBECONFIG) and shared by the threads of its reader; ``close`` lets the next use start over."""
 
-    The client is imported and configured at the first read, so building a deployer needs
-    neither a cluster nor the package.
-    """
-
-    def __init__(self, request_timeout_s: float = 10.0) -> None:
-        self._timeout_s = request_timeout_s
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._api: ApiClient | None = None
 
-    def _client(self) -> ApiClient:
+    def client(self) -> ApiClient:
         with self._lock:
             if self._api is None:
                 from kubernetes import client, config
@@ -139,6 +135,27 @@ class KubernetesObserver:
                     config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                 self._api = client.ApiClient(configuration)
             return self._api
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.close()  # type: ignore[no-untyped-call]
+                self._api = None
+
+
+class KubernetesObserver:
+    """:class:`ClusterObserver` over the official client: in-cluster config, else KUBECONFIG.
+
+    The client is imported and configured at the first read, so building a deployer needs
+    neither a cluster nor the package.
+    """
+
+    def __init__(self, request_timeout_s: float = 10.0) -> None:
+        self._timeout_s = request_timeout_s
+        self._api = KubernetesApi()
+
+    def _client(self) -> ApiClient:
+        return self._api.client()
 
     def leader_worker_set(self, namespace: str, name: str) -> LwsStatus | None:
         from kubernetes import client
@@ -225,10 +242,7 @@ class KubernetesObserver:
         return True
 
     def close(self) -> None:
-        with self._lock:
-            if self._api is not None:
-                self._api.close()  # type: ignore[no-untyped-call]
-                self._api = None
+        self._api.close()
 
 
 def _lws_status(obj: dict[str, Any]) -> LwsStatus:

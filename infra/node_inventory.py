@@ -16,13 +16,12 @@ mean for quarantines, is :mod:`infra.node_quarantine`'s and the API's.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from domain.presets import SUPPORTED_RESOURCE_TYPES
-from infra.cluster_observer import GROUP_INDEX_LABEL
+from infra.cluster_observer import GROUP_INDEX_LABEL, KubernetesApi
 from infra.manifests import LWS_NAME_LABEL
 
 if TYPE_CHECKING:
@@ -160,21 +159,10 @@ class KubernetesNodes:
 
     def __init__(self, request_timeout_s: float = 10.0) -> None:
         self._timeout_s = request_timeout_s
-        self._lock = threading.Lock()
-        self._api: ApiClient | None = None
+        self._api = KubernetesApi()
 
     def _client(self) -> ApiClient:
-        with self._lock:
-            if self._api is None:
-                from kubernetes import client, config
-
-                configuration = client.Configuration()
-                try:
-                    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-                except config.ConfigException:
-                    config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-                self._api = client.ApiClient(configuration)
-            return self._api
+        return self._api.client()
 
     def read(self) -> ClusterCards:
         from kubernetes import client
@@ -212,10 +200,7 @@ class KubernetesNodes:
         api.patch_node(node, body, _request_timeout=self._timeout_s)
 
     def close(self) -> None:
-        with self._lock:
-            if self._api is not None:
-                self._api.close()  # type: ignore[no-untyped-call]
-                self._api = None
+        self._api.close()
 
 
 def _camel_taint(taint: dict[str, Any]) -> dict[str, Any]:
