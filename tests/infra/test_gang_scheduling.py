@@ -23,10 +23,9 @@ from infra.manifests import Manifest, render_model, render_spec_documents
 from tests.infra.test_install_program import from_config, install, local_storage, stack_file
 from tests.infra.test_manifests import (
     KUBERNETES_VERSIONS,
-    LWS_FIXTURES,
-    _no_unknown_fields,
     as_pod,
     by_kind,
+    load_lws_validators,
     make_spec,
     templates,
 )
@@ -53,15 +52,7 @@ def render(preset_name: str, config: ClusterConfig) -> dict[str, Manifest]:
 
 @pytest.fixture(scope="module")
 def lws_schemas() -> dict[str, jsonschema.Draft7Validator]:
-    if not LWS_FIXTURES.is_dir():
-        pytest.skip(f"LWS CRD fixtures not found at {LWS_FIXTURES}")
-    validators = {}
-    for path in sorted(LWS_FIXTURES.glob("*.yaml")):
-        crd = next(d for d in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader) if d)
-        (v1,) = (v for v in crd["spec"]["versions"] if v["name"] == "v1")
-        validators[path.name] = jsonschema.Draft7Validator(
-            _no_unknown_fields(v1["schema"]["openAPIV3Schema"])
-        )
+    validators = load_lws_validators()
     assert len(validators) >= 2, "v0.8.0 and v0.10"
     return validators
 

@@ -122,6 +122,11 @@ def _no_unknown_fields(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def lws_validators() -> dict[str, jsonschema.Draft7Validator]:
+    return load_lws_validators()
+
+
+def load_lws_validators() -> dict[str, jsonschema.Draft7Validator]:
+    """A validator per LWS CRD fixture, by file name (the test skips without the fixtures)."""
     if not LWS_FIXTURES.is_dir():
         pytest.skip(f"LWS CRD fixtures not found at {LWS_FIXTURES}")
     validators = {}
