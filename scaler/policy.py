@@ -311,11 +311,12 @@ def measure(
     settled = state.unsettled_at is None or ctx.now - state.unsettled_at >= config.latency_window_s
     loaded = now_c > 0 or snap.request_rate > 0
     breach = ratio is not None and ratio > 1 + config.upscale_tolerance and settled and loaded
+    stable_mean = _mean(state.concurrency, ctx.now - config.downscale_delay_s)
     return Signals(
         ratio=ratio,
         now=now_c,
         panic_mean=_mean(state.concurrency, ctx.now - config.panic_window_s),
-        stable_mean=_mean(state.concurrency, ctx.now - config.downscale_delay_s),
+        stable_mean=stable_mean,
         saturation=now_c / (max(ctx.ready, 1) * max(ctx.capacity_per_instance, 1)),
         idle=state.idle_since is not None and ctx.now - state.idle_since >= config.idle_window_s,
         breach=breach,
@@ -323,14 +324,14 @@ def measure(
         seen_peak=max(
             (c for t, c in state.concurrency if t <= ctx.now - config.panic_window_s), default=0.0
         ),
-        lead=lead(state, ctx.now, config),
+        lead=lead(state, ctx.now, stable_mean, config),
     )
 
 
-def lead(state: ScalingState, now: float, config: PolicyConfig) -> float:
+def lead(state: ScalingState, now: float, mean: float, config: PolicyConfig) -> float:
     """The concurrency a step in arrivals leads to (see ``PolicyConfig.lead_window_s``); 0
     without a step (arrivals beyond the stable rate's Poisson noise, and the concurrency now
-    beyond its stable mean's), or before the stable window has answers to tell the time in
+    beyond its stable ``mean``'s), or before the stable window has answers to tell the time in
     the system."""
     if config.lead_window_s <= 0 or len(state.arrivals) < 2:
         return 0.0
@@ -344,7 +345,6 @@ def lead(state: ScalingState, now: float, config: PolicyConfig) -> float:
     if short <= expected + 3 * math.sqrt(expected) + 1:
         return 0.0
     answered = sum(n for _, n in state.answers)
-    mean = _mean(state.concurrency, now - config.downscale_delay_s)
     if answered <= 0 or mean <= 0:
         return 0.0
     # Corroborated by the concurrency, rising past its own noise: arrivals are counted from
