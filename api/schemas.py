@@ -29,7 +29,14 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from domain.keys import ApiKey, AuditAction, AuditEvent, KeyScope
+from domain.keys import (
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    BudgetPeriod,
+    KeyPriority,
+    KeyScope,
+)
 from domain.presets import load_presets
 from domain.records import ModelRecord, ModelStatus, format_timestamp
 from domain.settings import RoutingPolicyName
@@ -381,6 +388,8 @@ class ModelList(BaseModel):
 KeyName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)]
 RequestsPerMinute = Annotated[int, Field(ge=1, le=10_000_000), Whole]
 TokensPerMinute = Annotated[int, Field(ge=1, le=10_000_000_000), Whole]
+TokenBudget = Annotated[int, Field(ge=1, le=10**15), Whole]
+KeyWeight = Annotated[float, Field(gt=0, le=1000)]
 
 
 class AdminKeyCreate(_Body):
@@ -390,6 +399,19 @@ class AdminKeyCreate(_Body):
     scope: Literal["admin"]
     rpm: RequestsPerMinute | None = Field(default=None, description="requests per minute")
     tpm: TokensPerMinute | None = Field(default=None, description="tokens per minute (usage)")
+    token_budget: TokenBudget | None = Field(
+        default=None,
+        description="tokens (prompt and completion) per budget_period; none: no budget",
+    )
+    budget_period: BudgetPeriod = Field(
+        default="month", description="when the budget starts again: each UTC day or month"
+    )
+    weight: KeyWeight = Field(
+        default=1.0, description="share of a saturated model's slots against other waiting keys"
+    )
+    priority: KeyPriority = Field(
+        default="interactive", description="batch requests wait behind interactive ones"
+    )
 
 
 class InferenceKeyCreate(AdminKeyCreate):
@@ -422,6 +444,19 @@ class KeyCreate(_Body):
     )
     rpm: RequestsPerMinute | None = Field(default=None, description="requests per minute")
     tpm: TokensPerMinute | None = Field(default=None, description="tokens per minute (usage)")
+    token_budget: TokenBudget | None = Field(
+        default=None,
+        description="tokens (prompt and completion) per budget_period; none: no budget",
+    )
+    budget_period: BudgetPeriod = Field(
+        default="month", description="when the budget starts again: each UTC day or month"
+    )
+    weight: KeyWeight = Field(
+        default=1.0, description="share of a saturated model's slots against other waiting keys"
+    )
+    priority: KeyPriority = Field(
+        default="interactive", description="batch requests wait behind interactive ones"
+    )
 
     @field_validator("models")
     @classmethod
@@ -449,6 +484,10 @@ class KeyPublic(BaseModel):
     models: list[str] | None
     rpm: int | None
     tpm: int | None
+    token_budget: int | None
+    budget_period: BudgetPeriod
+    weight: float
+    priority: KeyPriority
     prefix: str
     created_at: datetime
     created_by: str

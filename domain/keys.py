@@ -37,6 +37,10 @@ ACTIVATOR = "chat-job-executor"
 CLI = "cli"
 
 KeyScope = Literal["admin", "inference"]
+# How often a key's token budget starts again: each UTC day, or each UTC calendar month.
+BudgetPeriod = Literal["day", "month"]
+# A key's class when a model is saturated: interactive requests are admitted before batch ones.
+KeyPriority = Literal["interactive", "batch"]
 
 
 def new_secret() -> str:
@@ -62,6 +66,12 @@ class ApiKey(BaseModel):
     # Requests and tokens per minute; None: no limit.
     rpm: int | None = None
     tpm: int | None = None
+    # Tokens (prompt and completion) per budget period; None: no budget.
+    token_budget: int | None = None
+    budget_period: BudgetPeriod = "month"
+    # Share of a saturated model's slots against other keys waiting (weighted fair queuing).
+    weight: float = 1.0
+    priority: KeyPriority = "interactive"
     # SHA-256 of the secret, hex; the secret itself is never stored.
     secret_hash: str
     # The secret's first characters, so a user can tell keys apart.
@@ -83,6 +93,7 @@ class AuditAction(enum.StrEnum):
     # A model's spare instances lent to a higher-priority one short of cards, or given back.
     MODEL_PREEMPT = "model.preempt"
     KEY_CREATE = "key.create"
+    KEY_UPDATE = "key.update"
     KEY_REVOKE = "key.revoke"
     # A card taken out of service (an engine's device fault, or an admin) or given back.
     ACCELERATOR_QUARANTINE = "accelerator.quarantine"

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 # Characters of a secret kept in the clear, so that keys can be told apart: "sk-aif-" and 4.
 PREFIX_CHARS = 11
+# A key's fields the audit trail records (never its secret's hash).
+SHOWN_FIELDS = {
+    "name", "scope", "models", "rpm", "tpm", "token_budget", "budget_period", "weight", "priority"
+}  # fmt: skip
 
 
 class KeyListener(Protocol):
@@ -49,6 +53,10 @@ class KeyService:
             models=body.models,
             rpm=body.rpm,
             tpm=body.tpm,
+            token_budget=body.token_budget,
+            budget_period=body.budget_period,
+            weight=body.weight,
+            priority=body.priority,
             secret_hash=hash_secret(secret),
             prefix=secret[:PREFIX_CHARS],
             created_by=actor,
@@ -57,7 +65,7 @@ class KeyService:
         if self._ring is not None:
             self._ring.added(stored)
         logger.info("API key created id=%s name=%s scope=%s", stored.id, stored.name, stored.scope)
-        shown = stored.model_dump(mode="json", include={"name", "scope", "models", "rpm", "tpm"})
+        shown = stored.model_dump(mode="json", include=SHOWN_FIELDS)
         audit(
             self._store,
             AuditEvent(
