@@ -116,7 +116,7 @@ def _has_key(settings: Settings) -> bool:
         return True
     store = open_store(settings)
     try:
-        return store.keys_version() != "0:0"
+        return bool(store.list_keys())
     finally:
         store.close()
 

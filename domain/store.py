@@ -8,9 +8,10 @@ re-reading on :class:`~domain.errors.RevisionConflict`, so no concurrent update 
 after :data:`MAX_WRITE_ATTEMPTS` lost races in a row they give up with
 :class:`~domain.errors.WriteContention` rather than spin.
 
-The same stores keep the API keys (created and revoked, never deleted; a cheap
-:meth:`ModelStore.keys_version` tells caches to reload) and the audit trail (appended by
-:func:`audit`, read back in time order). Implementations of the protocol:
+The same stores keep the API keys (created, updated and revoked, never deleted; a cheap
+:meth:`ModelStore.keys_version` tells caches to reload), the audit trail (appended by
+:func:`audit`, read back in time order) and each key's usage per model and hour (only ever
+incremented, see :mod:`domain.usage`). Implementations of the protocol:
 :mod:`api.store.sqlite` (embedded, default) and :mod:`api.store.mongo` (pymongo).
 """
 
@@ -32,6 +33,7 @@ from domain.errors import (
 )
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord
+from domain.usage import UsageBucket
 
 __all__ = [
     "MAX_WRITE_ATTEMPTS",
@@ -104,9 +106,35 @@ class ModelStore(Protocol):
         this call revoked it, or None when there is no such key."""
         ...
 
+    def update_key(self, key: ApiKey) -> ApiKey | None:
+        """Write ``key`` over the stored key of its id unless that one is revoked.
+
+        Returns the key as stored afterwards (the revoked one, unchanged, when it was
+        revoked), or None when there is no such key.
+        """
+        ...
+
     def keys_version(self) -> str:
-        """Changes whenever a key is created or revoked: a cheap read that tells a cache of
-        the keys (in any process) to reload them."""
+        """Changes whenever a key is created, updated or revoked: a cheap read that tells a
+        cache of the keys (in any process) to reload them."""
+        ...
+
+    # --- usage: buckets per key, model and hour, only ever incremented ------------------------
+
+    def add_usage(self, buckets: builtins.list[UsageBucket]) -> None:
+        """Add each bucket's counts to the stored bucket of its key, model and hour (created
+        at zero when there is none); concurrent writers' increments all count."""
+        ...
+
+    def usage(
+        self,
+        key_id: str | None = None,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> builtins.list[UsageBucket]:
+        """The stored buckets of hours from ``since`` (inclusive) to ``until`` (exclusive),
+        of one key and one model when given, in hour order (then key, then model)."""
         ...
 
     # --- the audit trail: appended, read back in time order ------------------------------

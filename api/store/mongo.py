@@ -11,6 +11,11 @@ are compare-and-set with the filter ``{_id, revision}``.
 any client, so tests can pass a fake at the pymongo boundary. The store owns its client and
 closes it in :meth:`MongoModelStore.close`.
 
+Usage buckets are documents of their own collection, ``_id`` the bucket's key, model and hour,
+incremented in place by upserting ``$inc`` updates (one bulk write per call, so a flush is one
+round trip); an update of one ``_id`` is atomic, so concurrent writers' counts all add up. A
+bulk write is not one transaction: when it fails part-way, the buckets already written stay.
+
 Left to others: choosing the store (:func:`api.store.open_store`), retrying on
 :class:`~domain.store.RevisionConflict` (the callers), and the embedded store
 (:mod:`api.store.sqlite`).
@@ -35,6 +40,7 @@ from domain.errors import StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord, stamp_spec_version
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+from domain.usage import UsageBucket
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ _TIMESTAMP_FIELDS = ("created_at", "updated_at")
 KEYS_COLLECTION = "api_keys"
 EVENTS_COLLECTION = "audit_events"
 QUARANTINES_COLLECTION = "accelerator_quarantines"
+USAGE_COLLECTION = "usage_buckets"
 
 
 def _to_millisecond(moment: datetime) -> datetime:
@@ -106,6 +113,16 @@ def _order_key(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A client built without tz_aware hands back naive datetimes that are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _bucket_id(bucket: UsageBucket) -> Document:
+    # A sub-document matches only with its fields in this order: always built here.
+    return {"key": bucket.key_id, "model": bucket.model, "hour": _order_key(bucket.hour)}
 
 
 def _to_document(record: ModelRecord) -> Document:
@@ -140,6 +157,7 @@ class MongoModelStore:
         self._keys: Collection[Document] = client[database][KEYS_COLLECTION]
         self._events: Collection[Document] = client[database][EVENTS_COLLECTION]
         self._quarantines: Collection[Document] = client[database][QUARANTINES_COLLECTION]
+        self._usage: Collection[Document] = client[database][USAGE_COLLECTION]
         try:
             self._collection.create_indexes(
                 [
@@ -153,6 +171,16 @@ class MongoModelStore:
             self._keys.create_index([("order", pymongo.ASCENDING)], name="order")
             self._events.create_index(
                 [("model_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)], name="model_id"
+            )
+            # A report reads a time range, of one key or all.
+            self._usage.create_indexes(
+                [
+                    pymongo.IndexModel([("hour", pymongo.ASCENDING)], name="hour"),
+                    pymongo.IndexModel(
+                        [("key_id", pymongo.ASCENDING), ("hour", pymongo.ASCENDING)],
+                        name="key_id_hour",
+                    ),
+                ]
             )
         except BaseException:
             client.close()
@@ -252,10 +280,84 @@ class MongoModelStore:
         return key, True
 
     @_translating
+    def update_key(self, key: ApiKey) -> ApiKey | None:
+        result = self._keys.update_one(
+            {"_id": key.id, "revoked": False},
+            {"$set": {"document": key.model_dump(mode="json")}, "$inc": {"updates": 1}},
+        )
+        if result.matched_count == 1:
+            return key.model_copy(deep=True)
+        found = self._keys.find_one({"_id": key.id})
+        return None if found is None else ApiKey.model_validate(found["document"])
+
+    @_translating
     def keys_version(self) -> str:
         total = self._keys.count_documents({})
         revoked = self._keys.count_documents({"revoked": True})
-        return f"{total}:{revoked}"
+        summed = list(
+            self._keys.aggregate([{"$group": {"_id": None, "updates": {"$sum": "$updates"}}}])
+        )
+        updates = summed[0]["updates"] if summed else 0
+        return f"{total}:{revoked}:{updates}"
+
+    @_translating
+    def add_usage(self, buckets: builtins.list[UsageBucket]) -> None:
+        if not buckets:
+            return
+        updates = [
+            pymongo.UpdateOne(
+                {"_id": _bucket_id(bucket)},
+                {
+                    "$setOnInsert": {
+                        "key_id": bucket.key_id,
+                        "model": bucket.model,
+                        "hour": _to_millisecond(bucket.hour),
+                    },
+                    "$inc": {
+                        "requests": bucket.requests,
+                        "prompt_tokens": bucket.prompt_tokens,
+                        "completion_tokens": bucket.completion_tokens,
+                    },
+                },
+                upsert=True,
+            )
+            for bucket in buckets
+        ]
+        self._usage.bulk_write(updates, ordered=True)
+
+    @_translating
+    def usage(
+        self,
+        key_id: str | None = None,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> builtins.list[UsageBucket]:
+        query: Document = {}
+        if key_id is not None:
+            query["key_id"] = key_id
+        if model is not None:
+            query["model"] = model
+        hours: Document = {}
+        if since is not None:
+            hours["$gte"] = _to_millisecond(since)
+        if until is not None:
+            hours["$lt"] = _to_millisecond(until)
+        if hours:
+            query["hour"] = hours
+        order = [("hour", pymongo.ASCENDING), ("key_id", pymongo.ASCENDING),
+                 ("model", pymongo.ASCENDING)]  # fmt: skip
+        return [
+            UsageBucket(
+                key_id=document["key_id"],
+                model=document["model"],
+                hour=_as_utc(document["hour"]),
+                requests=document["requests"],
+                prompt_tokens=document["prompt_tokens"],
+                completion_tokens=document["completion_tokens"],
+            )
+            for document in self._usage.find(query, sort=order)
+        ]
 
     @_translating
     def append_event(self, event: AuditEvent) -> None:

@@ -6,6 +6,9 @@ the file (``aif frontend`` and ``aif model-job-executor`` started on the same da
 database runs in WAL mode so readers never wait for a writer, and writers wait up to a busy
 timeout for each other instead of failing.
 
+Usage buckets are rows of ``usage_buckets`` keyed by (key, model, hour); adding to one is a
+single upsert that increments the counts in place, and one call's buckets are one transaction.
+
 Each record is one row: ``id`` (primary key), ``name`` (unique), ``revision``, ``created_at``
 (for ordering) and the whole record as JSON in ``document``. Every write is a single
 statement, so compare-and-set on ``revision`` needs no explicit transaction. Connections come
@@ -32,6 +35,7 @@ from domain.errors import StoreCorrupt, StoreFull, StoreUnavailable
 from domain.keys import ApiKey, AuditEvent
 from domain.records import ModelRecord, stamp_spec_version
 from domain.store import DuplicateName, RecordNotFound, RevisionConflict, StoreError
+from domain.usage import UsageBucket
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ BUSY_TIMEOUT_S = 10.0
 # Above the FastAPI threadpool size (40), so steady load never closes and reopens connections.
 MAX_IDLE_CONNECTIONS = 64
 # Bumped when the table layout changes; a file written by a newer aif is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -56,6 +60,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
+    -- Times the key was updated: part of keys_version, so other processes reload it.
+    updates INTEGER NOT NULL DEFAULT 0,
     document TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -70,6 +76,25 @@ CREATE TABLE IF NOT EXISTS accelerator_quarantines (
     document TEXT NOT NULL,
     PRIMARY KEY (node, card)
 );
+CREATE TABLE IF NOT EXISTS usage_buckets (
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    hour TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    PRIMARY KEY (key_id, model, hour)
+);
+CREATE INDEX IF NOT EXISTS usage_buckets_by_hour ON usage_buckets (hour);
+"""
+
+_ADD_USAGE = """
+INSERT INTO usage_buckets (key_id, model, hour, requests, prompt_tokens, completion_tokens)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key_id, model, hour) DO UPDATE SET
+    requests = requests + excluded.requests,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens
 """
 
 
@@ -205,6 +230,9 @@ class SqliteModelStore:
                 f"{self.path} has schema version {version}; this aif knows {SCHEMA_VERSION}"
             )
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+        if "updates" not in columns:  # a file from before keys could be updated
+            conn.execute("ALTER TABLE api_keys ADD COLUMN updates INTEGER NOT NULL DEFAULT 0")
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -301,12 +329,76 @@ class SqliteModelStore:
             return self.revoke_key(key_id, at)
         return key, True
 
+    def update_key(self, key: ApiKey) -> ApiKey | None:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE api_keys SET updates = updates + 1, document = ?"
+                " WHERE id = ? AND revoked = 0",
+                (key.model_dump_json(), key.id),
+            )
+            if cursor.rowcount == 1:
+                return key.model_copy(deep=True)
+            row = conn.execute("SELECT document FROM api_keys WHERE id = ?", (key.id,)).fetchone()
+        return None if row is None else ApiKey.model_validate_json(row[0])
+
     def keys_version(self) -> str:
         with self._pool.connection() as conn:
-            total, revoked = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(revoked), 0) FROM api_keys"
+            total, revoked, updates = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(revoked), 0), COALESCE(SUM(updates), 0)"
+                " FROM api_keys"
             ).fetchone()
-        return f"{total}:{revoked}"
+        return f"{total}:{revoked}:{updates}"
+
+    def add_usage(self, buckets: builtins.list[UsageBucket]) -> None:
+        rows = [
+            (b.key_id, b.model, _order_key(b.hour), b.requests, b.prompt_tokens,
+             b.completion_tokens)
+            for b in buckets
+        ]  # fmt: skip
+        if not rows:
+            return
+        with self._pool.connection() as conn:
+            # One transaction: a flush's buckets are all counted, or none are.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_ADD_USAGE, rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def usage(
+        self,
+        key_id: str | None = None,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> builtins.list[UsageBucket]:
+        where, params = [], []
+        for clause, value in (
+            ("key_id = ?", key_id),
+            ("model = ?", model),
+            ("hour >= ?", None if since is None else _order_key(since)),
+            ("hour < ?", None if until is None else _order_key(until)),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        query = (
+            "SELECT key_id, model, hour, requests, prompt_tokens, completion_tokens"
+            " FROM usage_buckets"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY hour, key_id, model"
+        )
+        with self._pool.connection() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [
+            UsageBucket(
+                key_id=key, model=name, hour=datetime.fromisoformat(hour), requests=requests,
+                prompt_tokens=prompt, completion_tokens=completion,
+            )
+            for key, name, hour, requests, prompt, completion in rows
+        ]  # fmt: skip
 
     def append_event(self, event: AuditEvent) -> None:
         with self._pool.connection() as conn:

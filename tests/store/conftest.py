@@ -26,13 +26,27 @@ from domain.store import ModelStore
 StoreFactory = Callable[[], ModelStore]
 
 
-def _backing(kind: str, tmp_path: Path) -> tuple[StoreFactory, Callable[[], None]]:
+def _bulk_write(
+    collection: mongomock.collection.Collection, requests: list[Any], ordered: bool = True
+) -> None:
+    """mongomock's bulk_write predates pymongo 4.9's operations (it refuses their ``sort``):
+    the same updates one by one, as the server applies an ordered bulk write."""
+    for request in requests:
+        if not isinstance(request, pymongo.UpdateOne):
+            raise NotImplementedError(f"{type(request).__name__} in a mongomock bulk write")
+        collection.update_one(request._filter, request._doc, upsert=bool(request._upsert))
+
+
+def _backing(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[StoreFactory, Callable[[], None]]:
     """An opener for stores on one data set, and what removes that data set afterwards."""
     if kind == "sqlite":
         path = tmp_path / "aif.db"
         return (lambda: SqliteModelStore(path)), lambda: None
     if kind == "mongomock":
         # One fake server: its client's close() is a no-op, so stores can share it.
+        monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", _bulk_write)
         server: pymongo.MongoClient[dict[str, Any]] = mongomock.MongoClient()
         return (lambda: MongoModelStore(server, database="aif")), lambda: None
     url = os.environ.get("MONGODB_URL")
@@ -59,8 +73,10 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_factory(store_kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
-    open_backing, drop = _backing(store_kind, tmp_path)
+def store_factory(
+    store_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StoreFactory]:
+    open_backing, drop = _backing(store_kind, tmp_path, monkeypatch)
     opened: list[ModelStore] = []
 
     def factory() -> ModelStore:

@@ -99,3 +99,29 @@ def test_events_come_back_in_order_by_model_and_latest_first_cut(store: ModelSto
     assert store.events("a", limit=1) == written[3:4]
     assert store.events("b") == written[4:]
     assert store.events("c") == []
+
+
+def test_an_update_replaces_the_key_and_changes_the_version_everywhere(
+    store_factory: StoreFactory,
+) -> None:
+    one, other = store_factory(), store_factory()
+    key = one.create_key(make_key(rpm=5))
+    before = other.keys_version()
+
+    updated = one.update_key(key.model_copy(update={"rpm": 50, "token_budget": 1000}))
+
+    assert updated is not None and (updated.rpm, updated.token_budget) == (50, 1000)
+    assert other.keys_version() != before
+    assert other.list_keys() == [updated]
+    assert one.update_key(make_key("ghost")) is None
+
+
+def test_a_revoked_key_is_not_updated(store: ModelStore) -> None:
+    key = store.create_key(make_key(rpm=5))
+    store.revoke_key(key.id, datetime.now(UTC))
+    version = store.keys_version()
+
+    stored = store.update_key(key.model_copy(update={"rpm": 50}))
+
+    assert stored is not None and stored.revoked and stored.rpm == 5
+    assert store.list_keys()[0].revoked and store.keys_version() == version
