@@ -45,6 +45,7 @@ from api.services.keys import KeyService
 from api.services.models import ModelService
 from api.store import open_store
 from api.store.pool import StorePool
+from api.usage import UsageMetrics, UsageRecorder
 from domain.deployment import Deployer
 from domain.presets import instance_capacity
 from domain.records import ModelRecord
@@ -186,6 +187,8 @@ def _lifespan(
             stack.push_async_callback(ring.stop)
             app.state.keys = ring
             app.state.key_service = KeyService(app_store, ring)
+            # Stopped after the roles (pushed before them): the last requests' usage is written.
+            app.state.usage = await _usage_recorder(settings, roles, app_store, app.state, stack)
             # Other chat workers' metrics, which this process's task-executor-manager adds up.
             peers = app.state.gateways[1:] if workers is not None else []
             built = build_roles(settings, roles, app_store, deployer_factory, app.state, peers)
@@ -208,6 +211,19 @@ def _runs_chat_job_executor(settings: Settings, roles: frozenset[Role]) -> bool:
     return Role.CHAT_JOB_EXECUTOR in roles or (
         Role.FRONTEND in roles and not settings.chat_executor_url
     )
+
+
+async def _usage_recorder(
+    settings: Settings, roles: frozenset[Role], store: ModelStore, state: Any, stack: AsyncExitStack
+) -> UsageRecorder | None:
+    """Usage is counted once, where a request is served: not by a frontend forwarding it."""
+    if not _runs_chat_job_executor(settings, roles):
+        return None
+    metrics = UsageMetrics(state.registry, per_key=settings.metrics_per_key)
+    recorder = UsageRecorder(store, flush_s=settings.usage_flush_s, metrics=metrics)
+    await recorder.start()
+    stack.push_async_callback(recorder.stop)
+    return recorder
 
 
 def _gateway_addresses(settings: Settings, roles: frozenset[Role]) -> list[str]:

@@ -76,6 +76,12 @@ class Settings(ClusterConfig, BaseSettings):
     # How often each process checks the store for keys created or revoked elsewhere: the
     # bound on how long a key revoked by another process keeps working here.
     keys_refresh_s: float = Field(default=1.0, gt=0)
+    # How often a chat process writes the usage it counted to the store: how far
+    # GET /v1/usage lags, and what a crash can lose.
+    usage_flush_s: float = Field(default=2.0, gt=0)
+    # Tokens and requests per key on /metrics too: one series per key and model, so off
+    # unless the keys are few.
+    metrics_per_key: bool = False
 
     # Registry rules.
     max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")

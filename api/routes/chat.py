@@ -30,6 +30,7 @@ from api.middleware import (
     too_deep,
 )
 from api.relay import Exchange
+from api.usage import UsageRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ class InferenceEndpoint:
 
     It answers every error itself, in the API's words, and checks the caller's key itself
     (``state.keys``, :class:`api.auth.KeyRing`): it runs ahead of the framework's middleware
-    (see :class:`api.app.AifApp`), where nothing else would.
+    (see :class:`api.app.AifApp`), where nothing else would. An answered request's tokens go
+    to ``state.usage`` (:class:`api.usage.UsageRecorder`), None where another process serves
+    the request and counts it.
     """
 
     def __init__(self, path: str, state: Any, limit: BodyLimit) -> None:
@@ -85,6 +88,7 @@ class InferenceEndpoint:
         inference: Inference = self._state.inference
         exchange = Exchange(scope, receive, send)
         principal: Principal | None = None
+        model: Any = None
         try:
             # The key first, from memory (api.auth): no store read, no await.
             principal = self._state.keys.authenticate(scope["headers"])
@@ -93,7 +97,8 @@ class InferenceEndpoint:
             if body is None:
                 return
             request = parse_request(body, self._limit.max_json_depth)
-            principal.require_model(request.get("model"))
+            model = request.get("model")
+            principal.require_model(model)
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
@@ -110,8 +115,14 @@ class InferenceEndpoint:
                 task.uncancel()
         finally:
             exchange.finish()
-            if principal is not None and exchange.outcome is not None:
-                principal.charge(exchange.outcome.tokens)
+            outcome = exchange.outcome
+            if principal is not None and outcome is not None:
+                principal.charge(outcome.tokens)
+                usage: UsageRecorder | None = self._state.usage
+                if usage is not None and outcome.status == 200 and isinstance(model, str):
+                    usage.record(
+                        principal.key_id, model, outcome.prompt_tokens or 0, outcome.output_tokens
+                    )
 
 
 def endpoints(state: Any, limit: BodyLimit) -> dict[str, InferenceEndpoint]:
