@@ -38,7 +38,7 @@ from api.frontend import Frontend
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.profiling import ProfileOnReady
-from api.routes import accelerators, chat, health, keys, metrics, models
+from api.routes import accelerators, chat, health, keys, metrics, models, usage
 from api.routes import scaler as scaler_routes
 from api.server import client_disconnects
 from api.services.keys import KeyService
@@ -149,6 +149,7 @@ def create_app(
     if Role.FRONTEND in roles:
         app.include_router(models.router)
         app.include_router(keys.router)
+        app.include_router(usage.router)
         app.include_router(accelerators.router)
     if Role.TASK_EXECUTOR_MANAGER in roles:
         app.include_router(scaler_routes.router)

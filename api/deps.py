@@ -22,6 +22,7 @@ from api.errors import Unauthorized
 from api.services.audit import AuditTrail
 from api.services.keys import KeyService
 from api.services.models import ModelService
+from api.services.usage import UsageService
 from api.store.pool import StorePool
 
 _P = ParamSpec("_P")
@@ -55,6 +56,10 @@ def get_audit_trail(request: Request) -> AuditTrail:
     return AuditTrail(request.app.state.store)
 
 
+def get_usage_service(request: Request) -> UsageService:
+    return UsageService(request.app.state.store)
+
+
 def get_principal(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -76,4 +81,5 @@ def require_admin(principal: PrincipalDep, request: Request) -> Principal:
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 KeyServiceDep = Annotated[KeyService, Depends(get_key_service)]
 AuditTrailDep = Annotated[AuditTrail, Depends(get_audit_trail)]
+UsageServiceDep = Annotated[UsageService, Depends(get_usage_service)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
