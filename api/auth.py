@@ -7,8 +7,8 @@ call :meth:`KeyRing.authenticate`. A secret is never compared with another: it i
 up, so timing says nothing about how close a guess is. The ring loads the keys as the process starts
 and then reads only the store's :meth:`~domain.store.ModelStore.keys_version` every
 ``AIF_KEYS_REFRESH_S`` (1 s), reloading the keys when it changed: a key created or revoked by
-another process sharing the store takes effect here within that bound. A key revoked through this
-process stops working at once.
+another process sharing the store takes effect here within that bound. A key updated or revoked
+through this process takes effect at once.
 
 Enforcement: while no key exists (no ``AIF_ADMIN_KEY``, nothing in the store) every request is
 let through as ``anonymous``, as before keys existed. Once one exists, ``/v1/*`` needs a
@@ -180,6 +180,9 @@ class KeyRing:
         # What this process did since its last load: applied over any load older than it.
         self._added: dict[str, ApiKey] = {}
         self._revoked: set[str] = set()
+        # Keys updated here, with the count of this process's updates when each was made.
+        self._updated: dict[str, tuple[int, ApiKey]] = {}
+        self._updates = 0
         self._lock = threading.Lock()
         # Why the keys could not be loaded at start, answered to every request until they are.
         self._failure: AifError | None = None
@@ -190,9 +193,12 @@ class KeyRing:
 
     def load(self) -> None:
         """Read the keys from the store now (blocking)."""
+        begun = self._updates
         version = self._store.keys_version()
         keys = self._store.list_keys()
         with self._lock:
+            # Updates made before this read are in what it read.
+            self._updated = {k: u for k, u in self._updated.items() if u[0] > begun}
             self._version = version
             self._loaded = keys
             self._apply(keys)
@@ -228,7 +234,7 @@ class KeyRing:
         for key_id in list(self._added):
             if key_id in stored:
                 del self._added[key_id]
-        every = {**stored, **self._added}
+        every = {**stored, **self._added, **{k: key for k, (_, key) in self._updated.items()}}
         by_hash: dict[str, Principal] = {}
         for key in every.values():
             if key.revoked or key.id in self._revoked:
@@ -249,7 +255,9 @@ class KeyRing:
         if not key.rpm and not key.tpm:
             return None
         limiter = self._limiters.get(key.id)
-        if limiter is None:
+        limits = (key.name, key.rpm, key.tpm)
+        # Limits changed (here or elsewhere): the new ones apply from now, with full buckets.
+        if limiter is None or (limiter.name, limiter.rpm, limiter.tpm) != limits:
             limiter = KeyLimiter(key.name, key.rpm, key.tpm, lambda: self.clock())
             self._limiters[key.id] = limiter
         return limiter
@@ -259,6 +267,12 @@ class KeyRing:
     def added(self, key: ApiKey) -> None:
         with self._lock:
             self._added[key.id] = key
+            self._apply(self._loaded)
+
+    def updated(self, key: ApiKey) -> None:
+        with self._lock:
+            self._updates += 1
+            self._updated[key.id] = (self._updates, key)
             self._apply(self._loaded)
 
     def revoked(self, key_id: str) -> None:

@@ -474,6 +474,45 @@ class KeyCreate(_Body):
         return handler(_KEY_VARIANTS.core_schema)
 
 
+# KeyUpdate's fields that hold a value always: null is refused, and the document offers none.
+_KEY_SETTINGS = frozenset({"name", "budget_period", "weight", "priority"})
+
+
+def _settings_without_null(schema: dict[str, Any]) -> None:
+    for name, prop in schema.get("properties", {}).items():
+        if name in _KEY_SETTINGS:
+            choices = [c for c in prop.pop("anyOf", []) if c.get("type") != "null"]
+            if len(choices) == 1:
+                prop.update(choices[0])
+        prop.pop("default", None)
+
+
+class KeyUpdate(_Body):
+    """The body of ``PUT /v1/keys/{key_id}``: fields given replace, absent fields stay, and
+    null clears a limit (``models``, ``rpm``, ``tpm``, ``token_budget``). The secret and the
+    scope stay: a new scope is a new key."""
+
+    model_config = ConfigDict(json_schema_extra=_settings_without_null)
+
+    name: KeyName | None = None
+    models: list[ModelName] | None = Field(
+        default=None, min_length=1, description="inference keys only; null: every model"
+    )
+    rpm: RequestsPerMinute | None = Field(default=None, description="null: no limit")
+    tpm: TokensPerMinute | None = Field(default=None, description="null: no limit")
+    token_budget: TokenBudget | None = Field(default=None, description="null: no budget")
+    budget_period: BudgetPeriod | None = None
+    weight: KeyWeight | None = None
+    priority: KeyPriority | None = None
+
+    @field_validator(*_KEY_SETTINGS)
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            raise ValueError(f"{info.field_name} must not be null")
+        return value
+
+
 class KeyPublic(BaseModel):
     """A key as ``/v1/keys`` shows it: never its secret, only the secret's first characters."""
 

@@ -1,4 +1,4 @@
-"""``/v1/keys`` (create, list, revoke API keys) and ``/v1/audit`` (every change): admin only."""
+"""``/v1/keys`` (create, list, update, revoke keys) and ``/v1/audit`` (every change): admin only."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from api.schemas import (
     KeyEnvelope,
     KeyList,
     KeyPublic,
+    KeyUpdate,
 )
 
 router = APIRouter(tags=["keys"])
@@ -39,6 +40,16 @@ async def create_key(
 async def list_keys(_: AdminDep, service: KeyServiceDep, request: Request) -> KeyList:
     """Every key, revoked ones too (``revoked_at``), without secrets."""
     return KeyList(keys=[KeyPublic.of(k) for k in await in_store(request, service.list)])
+
+
+@router.put("/v1/keys/{key_id}", response_model=KeyEnvelope)
+async def update_key(
+    key_id: str, body: KeyUpdate, admin: AdminDep, service: KeyServiceDep, request: Request
+) -> KeyEnvelope:
+    """Change a key's limits or name, keeping its secret: at once here, within
+    ``AIF_KEYS_REFRESH_S`` everywhere else."""
+    key = await in_store(request, service.update, key_id, body, admin.key_id)
+    return KeyEnvelope(key=KeyPublic.of(key))
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyEnvelope)

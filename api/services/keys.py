@@ -1,4 +1,4 @@
-"""API keys: create (the secret shown once), list, revoke, each recorded in the audit trail.
+"""API keys: create (the secret shown once), list, update limits, revoke, each audited.
 
 The store keeps only each secret's hash (:class:`domain.keys.ApiKey`). A change made here
 reaches this process's :class:`~api.auth.KeyRing` at once, other processes' within their
@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from api.errors import KeyNotFound, ModelConflict
-from api.schemas import KeyCreate
+from api.errors import InvalidRequest, KeyNotFound, ModelConflict
+from api.schemas import KeyCreate, KeyUpdate
 from domain.keys import (
     BOOTSTRAP_KEY_ID,
     ApiKey,
     AuditAction,
     AuditEvent,
+    field_changes,
     hash_secret,
     new_secret,
 )
@@ -35,6 +36,8 @@ SHOWN_FIELDS = {
 
 class KeyListener(Protocol):
     def added(self, key: ApiKey) -> None: ...
+
+    def updated(self, key: ApiKey) -> None: ...
 
     def revoked(self, key_id: str) -> None: ...
 
@@ -80,13 +83,38 @@ class KeyService:
     def list(self) -> list[ApiKey]:
         return self._store.list_keys()
 
+    def update(self, key_id: str, body: KeyUpdate, actor: str) -> ApiKey:
+        """Replace the fields ``body`` gives; the secret stays. No change: no write, no event."""
+        _refuse_bootstrap(key_id)
+        key = next((k for k in self._store.list_keys() if k.id == key_id), None)
+        if key is None:
+            raise KeyNotFound(f"key {key_id!r} not found", param="id")
+        _refuse_revoked(key)
+        changes = body.model_dump(exclude_unset=True)
+        if key.scope == "admin" and changes.get("models") is not None:
+            raise InvalidRequest("only an inference key can be limited to models", param="models")
+        updated = key.model_copy(update=changes)
+        shown = field_changes(
+            key.model_dump(mode="json", include=SHOWN_FIELDS),
+            updated.model_dump(mode="json", include=SHOWN_FIELDS),
+        )
+        if not shown:
+            return key
+        stored = self._store.update_key(updated)
+        if stored is None:
+            raise KeyNotFound(f"key {key_id!r} not found", param="id")
+        _refuse_revoked(stored)  # revoked meanwhile: nothing was written
+        if self._ring is not None:
+            self._ring.updated(stored)
+        logger.info("API key updated id=%s fields=%s", stored.id, sorted(shown))
+        audit(
+            self._store,
+            AuditEvent(actor=actor, action=AuditAction.KEY_UPDATE, key_id=stored.id, changes=shown),
+        )
+        return stored
+
     def revoke(self, key_id: str, actor: str) -> ApiKey:
-        if key_id == BOOTSTRAP_KEY_ID:
-            raise ModelConflict(
-                "the bootstrap admin key is set by AIF_ADMIN_KEY (or AIF_ADMIN_KEY_FILE): change "
-                "it there and restart",
-                param="id",
-            )
+        _refuse_bootstrap(key_id)
         result = self._store.revoke_key(key_id, utc_now())
         if result is None:
             raise KeyNotFound(f"key {key_id!r} not found", param="id")
@@ -110,3 +138,17 @@ class KeyService:
                 ),
             )
         return key
+
+
+def _refuse_bootstrap(key_id: str) -> None:
+    if key_id == BOOTSTRAP_KEY_ID:
+        raise ModelConflict(
+            "the bootstrap admin key is set by AIF_ADMIN_KEY (or AIF_ADMIN_KEY_FILE): change "
+            "it there and restart",
+            param="id",
+        )
+
+
+def _refuse_revoked(key: ApiKey) -> None:
+    if key.revoked:
+        raise ModelConflict(f"key {key.id!r} is revoked: create a new key instead", param="id")
