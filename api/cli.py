@@ -10,10 +10,11 @@ configured (``AIF_ADMIN_KEY``, ``AIF_ADMIN_KEY_FILE`` or a key in the store) unl
 commands (an installation's pods, which get ``aif:adminKey`` from the install program) start
 either way and log a warning when they serve beyond loopback with no key.
 
-``aif keys create|list|revoke`` work on the store directly (``--data-dir``, or
-``AIF_MONGODB_URL``), as an operator on the machine or with the database's credentials does:
-that is how the first key is made with no admin key configured. A running server sees a
-change within ``AIF_KEYS_REFRESH_S``. Through a running server, the same is ``/v1/keys``.
+``aif keys create|list|update|revoke`` and ``aif usage`` work on the store directly
+(``--data-dir``, or ``AIF_MONGODB_URL``), as an operator on the machine or with the
+database's credentials does: that is how the first key is made with no admin key
+configured. A running server sees a change within ``AIF_KEYS_REFRESH_S``. Through a running
+server, the same is ``/v1/keys`` and ``/v1/usage``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -33,10 +34,14 @@ from rich.table import Table
 
 from api import cli_accelerators, cli_models
 from api.app import ALL_ROLES, Role, create_app, serves_inference
+from api.auth import Principal
+from api.cli_models import Output, OutputOption, emit
+from api.cli_usage import usage_data, usage_table
 from api.errors import AifError, describe_validation_errors
-from api.schemas import KeyCreate
+from api.schemas import KeyCreate, KeyUpdate
 from api.server import server_options
 from api.services.keys import KeyService
+from api.services.usage import UsageService
 from api.store import open_store, preflight
 from api.workers import ChatWorkers, Listeners
 from domain.errors import StoreError
@@ -322,19 +327,27 @@ def render(
     sys.stdout.write(documents)
 
 
-def _key_service(data_dir: Path | None) -> tuple[KeyService, ModelStore]:
+def _store(data_dir: Path | None) -> ModelStore:
     settings = _settings(data_dir=data_dir)
     try:
-        store = open_store(settings)
+        return open_store(settings)
     except (StoreError, OSError) as exc:
         err_console.print(f"[red]cannot open the store:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
+
+
+def _key_service(data_dir: Path | None) -> tuple[KeyService, ModelStore]:
+    store = _store(data_dir)
     return KeyService(store), store
 
 
 def _key_table(keys: list[ApiKey]) -> Table:
-    table = Table("id", "name", "scope", "models", "rpm", "tpm", "prefix", "created", "revoked")
+    table = Table(
+        "id", "name", "scope", "models", "rpm", "tpm", "budget", "weight", "priority", "prefix",
+        "created", "revoked",
+    )  # fmt: skip
     for key in keys:
+        budget = f"{key.token_budget:,}/{key.budget_period}" if key.token_budget else "-"
         table.add_row(
             key.id,
             key.name,
@@ -342,6 +355,9 @@ def _key_table(keys: list[ApiKey]) -> Table:
             ", ".join(key.models) if key.models is not None else "all",
             str(key.rpm or "-"),
             str(key.tpm or "-"),
+            budget,
+            f"{key.weight:g}",
+            key.priority,
             key.prefix + "...",
             format_timestamp(key.created_at),
             format_timestamp(key.revoked_at) if key.revoked_at else "",
@@ -370,6 +386,33 @@ def profile(
     raise typer.Exit(code)
 
 
+_Body = TypeVar("_Body", KeyCreate, KeyUpdate)
+RpmOption = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
+TpmOption = Annotated[int | None, typer.Option("--tpm", help="Tokens per minute.")]
+BudgetOption = Annotated[
+    int | None, typer.Option("--budget", help="Tokens (prompt and completion) per period.")
+]
+PeriodOption = Annotated[
+    str | None, typer.Option("--period", help="When the budget starts again: day or month.")
+]
+WeightOption = Annotated[
+    float | None, typer.Option("--weight", help="Share of a saturated model's slots.")
+]
+PriorityOption = Annotated[
+    str | None, typer.Option("--priority", help="interactive, or batch (waits behind it).")
+]
+
+
+def _key_body(schema: type[_Body], fields: dict[str, Any]) -> _Body:
+    """The body the API would take, or exit 2 naming the field it refuses."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        message, _ = describe_validation_errors(list(exc.errors()))
+        err_console.print(f"[red]invalid key:[/red] {message}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="What the key is for, e.g. the application.")],
@@ -380,19 +423,19 @@ def keys_create(
         list[str] | None,
         typer.Option("--model", help="A model the key may use (repeat it); default: all."),
     ] = None,
-    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens per minute.")] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    budget: BudgetOption = None,
+    period: PeriodOption = None,
+    weight: WeightOption = None,
+    priority: PriorityOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create a key and print its secret, once: aif keeps only its hash."""
-    try:
-        body = KeyCreate.model_validate(
-            {"name": name, "scope": scope, "models": model or None, "rpm": rpm, "tpm": tpm}
-        )
-    except ValidationError as exc:
-        message, _ = describe_validation_errors(list(exc.errors()))
-        err_console.print(f"[red]invalid key:[/red] {message}", highlight=False)
-        raise typer.Exit(2) from exc
+    fields = {"name": name, "scope": scope, "models": model or None, "rpm": rpm, "tpm": tpm,
+              "token_budget": budget, "budget_period": period, "weight": weight,
+              "priority": priority}  # fmt: skip
+    body = _key_body(KeyCreate, {k: v for k, v in fields.items() if v is not None})
     service, store = _key_service(data_dir)
     try:
         key, secret = service.create(body, CLI)
@@ -414,6 +457,38 @@ def keys_list(data_dir: DataDirOption = None) -> None:
     console.print(_key_table(keys))
 
 
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (aif keys list shows it).")],
+    name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="A model the key may use (repeat it); replaces the list."),
+    ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    budget: BudgetOption = None,
+    period: PeriodOption = None,
+    weight: WeightOption = None,
+    priority: PriorityOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Change a key's limits, keeping its secret; options not given stay as they are."""
+    fields = {"name": name, "models": model or None, "rpm": rpm, "tpm": tpm,
+              "token_budget": budget, "budget_period": period, "weight": weight,
+              "priority": priority}  # fmt: skip
+    body = _key_body(KeyUpdate, {k: v for k, v in fields.items() if v is not None})
+    service, store = _key_service(data_dir)
+    try:
+        key = service.update(key_id, body, CLI)
+    except AifError as exc:
+        err_console.print(f"[red]cannot update:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    console.print(_key_table([key]))
+
+
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (aif keys list shows it).")],
@@ -429,6 +504,41 @@ def keys_revoke(
     finally:
         store.close()
     console.print(_key_table([key]))
+
+
+@app.command("usage")
+def usage(
+    key: Annotated[str | None, typer.Option("--key", help="One key's id.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="One model's name.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="ISO date or datetime, UTC [default: a week ago].")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="ISO date or datetime, UTC [default: now].")
+    ] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option("--group-by", help="key, model and/or hour (repeat or comma-separate)."),
+    ] = None,
+    output: OutputOption = Output.table,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Requests and tokens per key, model and hour, from the store.
+
+    Each chat process writes its counts every AIF_USAGE_FLUSH_S (2 s): the last may not show.
+    """
+    store = _store(data_dir)
+    try:
+        report = UsageService(store).report(
+            Principal(CLI, CLI, "admin"), key=key, model=model, start=start, end=end,
+            group_by=group_by,
+        )  # fmt: skip
+    except AifError as exc:
+        err_console.print(f"[red]cannot report:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2 if exc.status_code == 422 else 1) from exc
+    finally:
+        store.close()
+    emit(usage_data(report), output, usage_table(report))
 
 
 if __name__ == "__main__":
