@@ -22,27 +22,36 @@ from domain.usage import UsageBucket, hour_of
 
 # A report with no range: the week up to now, enough to see a team's habits.
 DEFAULT_RANGE = timedelta(days=7)
+# Nothing was counted before it; the stores' time order holds from then on.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_GROUP_BY: list[GroupBy] = ["key", "model"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
 
 
 def parse_moment(value: str, param: str) -> datetime:
-    """An ISO 8601 date or datetime, in UTC (UTC assumed when it names no zone)."""
+    """An ISO 8601 date or datetime, in UTC (UTC assumed when it names no zone), from 1970."""
+    refusal = InvalidRequest(
+        f"{param} must be an ISO 8601 date or datetime from 1970 on (e.g. 2026-03-01 or "
+        f"2026-03-01T12:00:00Z), not {value!r}",
+        param=param,
+    )
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         try:
             day = date.fromisoformat(value.strip())
         except ValueError:
-            raise InvalidRequest(
-                f"{param} must be an ISO 8601 date or datetime (e.g. 2026-03-01 or "
-                f"2026-03-01T12:00:00Z), not {value!r}",
-                param=param,
-            ) from None
+            raise refusal from None
         moment = datetime(day.year, day.month, day.day)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # past year 9999 once in UTC
+        raise refusal from None
+    if moment < EPOCH:
+        raise refusal
+    return moment
 
 
 def parse_group_by(values: Iterable[str] | None) -> list[GroupBy]:
@@ -90,6 +99,7 @@ class UsageService:
         groups = parse_group_by(group_by)
         until = parse_moment(end, "to") if end is not None else utc_now()
         since = parse_moment(start, "from") if start is not None else until - DEFAULT_RANGE
+        since = max(since, EPOCH)
         if since > until:
             raise InvalidRequest("from must not be after to", param="from")
         key = self._allowed_key(principal, key)

@@ -101,6 +101,8 @@ async def test_an_inference_key_sees_only_its_own_usage(served: Gateway) -> None
     [
         ({"from": "yesterday"}, "from"),
         ({"to": "2026-13-01"}, "to"),
+        ({"to": "1900-01-01"}, "to"),
+        ({"to": "9999-12-31T23:00-05:00"}, "to"),
         ({"from": "2026-03-02", "to": "2026-03-01"}, "from"),
         ({"group_by": "key,team"}, "group_by"),
     ],
