@@ -76,6 +76,17 @@ class Settings(ClusterConfig, BaseSettings):
     # How often each process checks the store for keys created or revoked elsewhere: the
     # bound on how long a key revoked by another process keeps working here.
     keys_refresh_s: float = Field(default=1.0, gt=0)
+    # Keys' rpm, tpm and budgets are counted in this Redis (exact across processes); unset:
+    # in the store, synced every limits_sync_s (see api/limits). A secret: it may hold one.
+    redis_url: SecretStr | None = None
+    # A Redis call past this is a failure: a limit check must not add more to a request.
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    # How often each process adds its counts to the store's and reads the others': the
+    # window in which other processes' admissions go unseen (limits without Redis).
+    limits_sync_s: float = Field(default=0.5, gt=0)
+    # The shared counter unreachable: "open", each process counts on its own; "closed", the
+    # requests of keys with limits get a 429 until it answers again.
+    limits_unreachable: Literal["open", "closed"] = "open"
 
     # Registry rules.
     max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")

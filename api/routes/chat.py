@@ -84,11 +84,15 @@ class InferenceEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         inference: Inference = self._state.inference
         exchange = Exchange(scope, receive, send)
-        principal: Principal | None = None
+        # Counted here only when served here: a frontend that forwards the request leaves its
+        # key's limits to the chat-job-executor it forwards to, so each request counts once.
+        counted: Principal | None = None
         try:
             # The key first, from memory (api.auth): no store read, no await.
             principal = self._state.keys.authenticate(scope["headers"])
-            principal.admit()
+            if self._state.counts_limits:
+                await principal.admit()
+                counted = principal
             body = await read_body(scope, receive, self._limit)
             if body is None:
                 return
@@ -110,8 +114,8 @@ class InferenceEndpoint:
                 task.uncancel()
         finally:
             exchange.finish()
-            if principal is not None and exchange.outcome is not None:
-                principal.charge(exchange.outcome.tokens)
+            if counted is not None and exchange.outcome is not None:
+                await counted.charge(exchange.outcome.tokens)
 
 
 def endpoints(state: Any, limit: BodyLimit) -> dict[str, InferenceEndpoint]:
