@@ -29,12 +29,13 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.accelerators import Accelerators, InventoryCollector
-from api.auth import KeyCheck, KeyRing
+from api.auth import KeyCheck, KeyRing, Limiter
 from api.chat_job_executor import ChatJobExecutor
 from api.chat_job_executor.pressure_report import PressureReporter
 from api.cluster_accelerators import ClusterAccelerators
 from api.errors import error_responses, install_error_handlers
 from api.frontend import Frontend
+from api.limits import build_counters
 from api.middleware import BodySizeLimit, JsonDepthLimit, UnexpectedErrors, body_limits
 from api.model_job_executor import ModelJobExecutor, RetryPolicy
 from api.profiling import ProfileOnReady
@@ -154,6 +155,8 @@ def create_app(
     if Role.TASK_EXECUTOR_MANAGER in roles:
         app.include_router(scaler_routes.router)
     if Role.FRONTEND in roles or Role.CHAT_JOB_EXECUTOR in roles:
+        # Keys' limits are counted where inference is served, not where it is forwarded from.
+        app.state.counts_limits = _runs_chat_job_executor(settings, roles)
         served = chat.endpoints(app.state, limits.inference)
         app.inference = dict(served)
         app.router.routes.extend(chat.routes(served))
@@ -181,8 +184,15 @@ def _lifespan(
             app.state.store_pool = StorePool(settings.store_workers)
             stack.callback(app.state.store_pool.close)
             app.state.gateways = gateways or _gateway_addresses(settings, roles)
+            counters = build_counters(settings, app_store, app.state.registry)
+            await counters.start()
+            stack.push_async_callback(counters.stop)
+            app.state.limits = Limiter(counters)
             ring = KeyRing(
-                app_store, admin_secret=settings.admin_secret(), refresh_s=settings.keys_refresh_s
+                app_store,
+                admin_secret=settings.admin_secret(),
+                refresh_s=settings.keys_refresh_s,
+                limiter=app.state.limits,
             )
             await ring.start()
             stack.push_async_callback(ring.stop)

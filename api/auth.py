@@ -14,10 +14,14 @@ Enforcement: while no key exists (no ``AIF_ADMIN_KEY``, nothing in the store) ev
 let through as ``anonymous``, as before keys existed. Once one exists, ``/v1/*`` needs a
 valid ``Authorization: Bearer <key>``; revoking every key does not open the API again.
 
-Limits are per key and per process (each gateway replica counts its own): a token bucket of
-``rpm`` requests refilled over a minute, and one of ``tpm`` tokens from which each answer's
-``usage`` (or its streamed events, when it reports none) is taken once it ends. A request is
-admitted while both buckets hold at least one; otherwise it is a 429 with ``Retry-After``.
+Limits: each :class:`Principal` carries its key's ``rpm``, ``tpm`` and token budget as the
+key's latest record says (:class:`~api.limits.KeyLimits`, rebuilt whenever the ring reloads or
+hears of a change), and the process's :class:`Limiter`. :meth:`Principal.admit` counts a request
+before it is served and :meth:`Principal.charge` adds each answer's ``usage`` (or its streamed
+events, when it reports none) once it ends; what they mean (a sliding minute, a budget per UTC
+day or month) and how every gateway process shares one count (Redis, or the store) is
+:mod:`api.limits`'. A key with no limits and no budget makes no counter call. Refusals are 429s
+with ``Retry-After``: ``rate_limit_error`` for rpm and tpm, ``insufficient_quota`` for the budget.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,76 +38,14 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import AifError, Forbidden, RateLimited, Unauthorized, from_exception
+from api.errors import AifError, Forbidden, Unauthorized, from_exception
+from api.limits import Counters, KeyLimits
 from domain.keys import ANONYMOUS, BOOTSTRAP_KEY_ID, ApiKey, KeyScope, hash_secret
 from domain.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-
-class TokenBucket:
-    """``per_minute`` units, refilled evenly over a minute; may go below zero when charged."""
-
-    def __init__(self, per_minute: int, clock: Clock) -> None:
-        self.capacity = float(per_minute)
-        self._rate_s = per_minute / 60.0
-        self._clock = clock
-        self._level = self.capacity
-        self._at = clock()
-
-    def level(self) -> float:
-        now = self._clock()
-        self._level = min(self.capacity, self._level + (now - self._at) * self._rate_s)
-        self._at = now
-        return self._level
-
-    def wait_s(self) -> float:
-        """Seconds until the bucket holds one unit again (0: it does now)."""
-        missing = 1.0 - self.level()
-        return 0.0 if missing <= 0 else missing / self._rate_s
-
-    def take(self, units: float) -> None:
-        self.level()
-        self._level -= units
-
-
-class KeyLimiter:
-    """One key's rpm and tpm, in this process."""
-
-    def __init__(self, name: str, rpm: int | None, tpm: int | None, clock: Clock) -> None:
-        self.name = name
-        self.rpm = rpm
-        self.tpm = tpm
-        self._requests = TokenBucket(rpm, clock) if rpm else None
-        self._tokens = TokenBucket(tpm, clock) if tpm else None
-        self._lock = threading.Lock()
-
-    def admit(self) -> None:
-        """Count one request, or raise RateLimited saying which limit and when to retry."""
-        with self._lock:
-            waits = []
-            if self._requests is not None and (wait := self._requests.wait_s()) > 0:
-                waits.append((wait, f"{self.rpm} requests per minute"))
-            if self._tokens is not None and (wait := self._tokens.wait_s()) > 0:
-                waits.append((wait, f"{self.tpm} tokens per minute"))
-            if waits:
-                wait_s = max(w for w, _ in waits)
-                limits = " and ".join(what for _, what in waits)
-                raise RateLimited(
-                    f"rate limit of key {self.name!r} reached: {limits}; "
-                    f"retry in {math.ceil(wait_s)}s",
-                    retry_after_s=wait_s,
-                )
-            if self._requests is not None:
-                self._requests.take(1)
-
-    def charge(self, tokens: int) -> None:
-        """Take an answer's tokens, once it ended."""
-        if self._tokens is not None and tokens > 0:
-            with self._lock:
-                self._tokens.take(tokens)
 
 
 @dataclass(frozen=True)
@@ -116,7 +57,9 @@ class Principal:
     scope: KeyScope
     # Model names it may use and see; None: every model.
     models: frozenset[str] | None = None
-    limiter: KeyLimiter | None = field(default=None, compare=False)
+    # The key's limits as its latest record says (None: none), and where they are counted.
+    limits: KeyLimits | None = None
+    counters: Limiter | None = field(default=None, compare=False)
 
     @property
     def admin(self) -> bool:
@@ -133,13 +76,15 @@ class Principal:
         if isinstance(model_name, str) and not self.may_use(model_name):
             raise Forbidden(f"key {self.name!r} may not use model {model_name!r}", param="model")
 
-    def admit(self) -> None:
-        if self.limiter is not None:
-            self.limiter.admit()
+    async def admit(self) -> None:
+        """Count one request against the key's limits, or raise why it is refused (429)."""
+        if self.limits is not None and self.counters is not None:
+            await self.counters.admit(self.limits)
 
-    def charge(self, tokens: int) -> None:
-        if self.limiter is not None:
-            self.limiter.charge(tokens)
+    async def charge(self, tokens: int) -> None:
+        """Add an answer's tokens to the key's minute and budget, once it ended."""
+        if self.limits is not None and self.counters is not None and tokens > 0:
+            await self.counters.charge(self.limits, tokens)
 
 
 # Every request while no key is configured: allowed everything, as before keys existed.
@@ -157,6 +102,21 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+class Limiter:
+    """Where principals count their limits: the process's :class:`~api.limits.Counters`,
+    on its clock (wall time, shared by every process; tests set a fake one)."""
+
+    def __init__(self, counters: Counters, clock: Clock = time.time) -> None:
+        self.counters = counters
+        self.clock = clock
+
+    async def admit(self, limits: KeyLimits) -> None:
+        await self.counters.admit(limits, self.clock())
+
+    async def charge(self, limits: KeyLimits, tokens: int) -> None:
+        await self.counters.charge(limits, tokens, self.clock())
+
+
 class KeyRing:
     """Every valid key by the hash of its secret, kept fresh from the store (see module)."""
 
@@ -166,15 +126,15 @@ class KeyRing:
         *,
         admin_secret: str | None = None,
         refresh_s: float = 1.0,
-        clock: Clock = time.monotonic,
+        limiter: Limiter | None = None,
     ) -> None:
         self._store = store
         self._admin_hash = hash_secret(admin_secret) if admin_secret else None
         self._refresh_s = refresh_s
-        self.clock = clock
+        # None: keys' limits are not counted (tools that only check keys).
+        self._limiter = limiter
         self._by_hash: dict[str, Principal] = {}
         self._loaded: list[ApiKey] = []
-        self._limiters: dict[str, KeyLimiter] = {}
         self._enforcing = self._admin_hash is not None
         self._version: str | None = None
         # What this process did since its last load: applied over any load older than it.
@@ -244,23 +204,13 @@ class KeyRing:
                 key.name,
                 key.scope,
                 None if key.models is None else frozenset(key.models),
-                self._limiter(key),
+                KeyLimits.of(key),
+                self._limiter,
             )
         if self._admin_hash is not None:
             by_hash[self._admin_hash] = Principal(BOOTSTRAP_KEY_ID, BOOTSTRAP_KEY_ID, "admin")
         self._by_hash = by_hash
         self._enforcing = self._enforcing or bool(every)
-
-    def _limiter(self, key: ApiKey) -> KeyLimiter | None:
-        if not key.rpm and not key.tpm:
-            return None
-        limiter = self._limiters.get(key.id)
-        limits = (key.name, key.rpm, key.tpm)
-        # Limits changed (here or elsewhere): the new ones apply from now, with full buckets.
-        if limiter is None or (limiter.name, limiter.rpm, limiter.tpm) != limits:
-            limiter = KeyLimiter(key.name, key.rpm, key.tpm, lambda: self.clock())
-            self._limiters[key.id] = limiter
-        return limiter
 
     # --- changes made in this process: effective at once ------------------------------------
 
@@ -330,7 +280,7 @@ class KeyCheck:
             if ring is None:
                 raise AifError("the API keys are not loaded yet")
             principal = ring.authenticate(scope["headers"])
-            principal.admit()
+            await principal.admit()
         except AifError as error:
             await _answer(error)(scope, receive, send)
             return

@@ -13,7 +13,9 @@ Hierarchy::
     ├── ModelConflict            409  conflict_error (duplicate name, model being deleted)
     ├── ModelNotReady            503  service_unavailable_error (Retry-After when known)
     ├── Overloaded               429  rate_limit_error (Retry-After)
-    │   └── RateLimited          429  rate_limit_error: the key's rpm or tpm (Retry-After)
+    │   ├── RateLimited          429  rate_limit_error: the key's rpm or tpm (Retry-After)
+    │   └── InsufficientQuota    429  insufficient_quota (OpenAI's type and code): the key's
+    │                                 token budget is used up until its period resets
     ├── UpstreamError            502  upstream_error
     ├── StoreUnavailableError    503  service_unavailable_error (Retry-After)
     └── InsufficientStorage      507  insufficient_storage_error
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 class AifError(Exception):
     status_code = 500
     error_type = "internal_error"
+    # The body's ``code``: the status, unless OpenAI names the error (``insufficient_quota``).
+    error_code: str | None = None
 
     def __init__(
         self, message: str, *, param: str | None = None, retry_after_s: float | None = None
@@ -71,7 +75,8 @@ class AifError(Exception):
         return {"retry-after": str(max(1, math.ceil(self.retry_after_s)))}
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, self.status_code, self.param)
+        code = self.error_code or self.status_code
+        return error_body(self.message, self.error_type, code, self.param)
 
 
 class InvalidRequest(AifError):
@@ -143,6 +148,13 @@ class RateLimited(Overloaded):
     """A key's own limit, not the model's capacity."""
 
 
+class InsufficientQuota(Overloaded):
+    """A key's token budget is used up: OpenAI's answer, which its clients do not retry."""
+
+    error_type = "insufficient_quota"
+    error_code = "insufficient_quota"
+
+
 class UpstreamError(AifError):
     status_code = 502
     error_type = "upstream_error"
@@ -198,7 +210,7 @@ def log_failure(exc: BaseException, method: str, path: str) -> AifError:
 
 
 def error_body(
-    message: str, error_type: str, code: int, param: str | None = None
+    message: str, error_type: str, code: int | str, param: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
@@ -214,7 +226,8 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None
-    code: int
+    # The HTTP status, or OpenAI's name for the error (``insufficient_quota``).
+    code: int | str
 
 
 class ErrorResponse(BaseModel):
@@ -238,7 +251,8 @@ ERROR_STATUSES: dict[int, str] = {
     409: "conflict: a model of that name exists, or the model is being deleted",
     413: "request body larger than this route's limit",
     422: "a field breaks a rule; ``param`` names it and ``detail`` lists every one",
-    429: "the key's requests or tokens per minute are used up, or the model's instances and "
+    429: "the key's requests or tokens per minute are used up (or cannot be checked), its token "
+    "budget is (insufficient_quota, until the period resets), or the model's instances and "
     "wait queue are full; see Retry-After",
     500: "internal error, or a damaged store file (the message names it and what to do)",
     502: "no instance of the model could answer",

@@ -46,7 +46,8 @@ class ChatForwarder:
 
     Its answers, errors included, come back as they are: the chat-job-executor already speaks
     the API's words. Only an unreachable chat-job-executor is the frontend's own 502. The
-    caller's ``Authorization`` header is passed on: the chat-job-executor checks the key too.
+    caller's ``Authorization`` header is passed on: the chat-job-executor checks the key too,
+    and counts its limits (the frontend does not, so each request is counted once).
     """
 
     def __init__(self, url: str, client: UpstreamClient, *, first_byte_s: float) -> None:
@@ -57,7 +58,7 @@ class ChatForwarder:
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
     ) -> None:
-        # The key goes along: the chat-job-executor checks it and counts its limits too.
+        # The key goes along: the chat-job-executor checks it and counts its limits.
         key = exchange.header(b"authorization")
         try:
             upstream = await self._client.post(

@@ -82,6 +82,17 @@ class Settings(ClusterConfig, BaseSettings):
     # Tokens and requests per key on /metrics too: one series per key and model, so off
     # unless the keys are few.
     metrics_per_key: bool = False
+    # Keys' rpm, tpm and budgets are counted in this Redis (exact across processes); unset:
+    # in the store, synced every limits_sync_s (see api/limits). A secret: it may hold one.
+    redis_url: SecretStr | None = None
+    # A Redis call past this is a failure: a limit check must not add more to a request.
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    # How often each process adds its counts to the store's and reads the others': the
+    # window in which other processes' admissions go unseen (limits without Redis).
+    limits_sync_s: float = Field(default=0.5, gt=0)
+    # The shared counter unreachable: "open", each process counts on its own; "closed", the
+    # requests of keys with limits get a 429 until it answers again.
+    limits_unreachable: Literal["open", "closed"] = "open"
 
     # Registry rules.
     max_instance_cap: int = Field(default=16, ge=1, description="highest max_instance accepted")

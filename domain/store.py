@@ -10,8 +10,9 @@ after :data:`MAX_WRITE_ATTEMPTS` lost races in a row they give up with
 
 The same stores keep the API keys (created, updated and revoked, never deleted; a cheap
 :meth:`ModelStore.keys_version` tells caches to reload), the audit trail (appended by
-:func:`audit`, read back in time order) and each key's usage per model and hour (only ever
-incremented, see :mod:`domain.usage`). Implementations of the protocol:
+:func:`audit`, read back in time order), each key's usage per model and hour (only ever
+incremented, see :mod:`domain.usage`) and the counters of keys' limits (atomic increments that
+expire, :meth:`ModelStore.add_counters`). Implementations of the protocol:
 :mod:`api.store.sqlite` (embedded, default) and :mod:`api.store.mongo` (pymongo).
 """
 
@@ -157,6 +158,18 @@ class ModelStore(Protocol):
 
     def drop_quarantine(self, node: str, index: int) -> bool:
         """Release the card; whether it was quarantined."""
+        ...
+
+    # --- counters of keys' limits, shared by every process (api.limits.synced) -----------
+
+    def add_counters(self, deltas: dict[str, int], expires_at: datetime) -> dict[str, int]:
+        """Add each delta to its counter (a missing one starts at 0) and return every named
+        counter's total after the addition; each increment is atomic, so concurrent callers
+        never lose one. A counter's expiry becomes ``expires_at`` if that is later."""
+        ...
+
+    def expire_counters(self, now: datetime) -> int:
+        """Remove the counters that expired before ``now``; how many."""
         ...
 
     def close(self) -> None:

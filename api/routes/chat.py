@@ -29,7 +29,7 @@ from api.middleware import (
     payload_too_large,
     too_deep,
 )
-from api.relay import Exchange
+from api.relay import Exchange, Outcome
 from api.usage import UsageRecorder
 
 logger = logging.getLogger(__name__)
@@ -87,12 +87,17 @@ class InferenceEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         inference: Inference = self._state.inference
         exchange = Exchange(scope, receive, send)
+        # Counted here only when served here: a frontend that forwards the request leaves its
+        # key's limits and usage to the chat-job-executor it forwards to, so each counts once.
         principal: Principal | None = None
+        counted: Principal | None = None
         model: Any = None
         try:
             # The key first, from memory (api.auth): no store read, no await.
             principal = self._state.keys.authenticate(scope["headers"])
-            principal.admit()
+            if self._state.counts_limits:
+                await principal.admit()
+                counted = principal
             body = await read_body(scope, receive, self._limit)
             if body is None:
                 return
@@ -116,13 +121,16 @@ class InferenceEndpoint:
         finally:
             exchange.finish()
             outcome = exchange.outcome
+            if counted is not None and outcome is not None:
+                await counted.charge(outcome.tokens)
             if principal is not None and outcome is not None:
-                principal.charge(outcome.tokens)
-                usage: UsageRecorder | None = self._state.usage
-                if usage is not None and outcome.status == 200 and isinstance(model, str):
-                    usage.record(
-                        principal.key_id, model, outcome.prompt_tokens or 0, outcome.output_tokens
-                    )
+                self._record_usage(principal, model, outcome)
+
+    def _record_usage(self, principal: Principal, model: Any, outcome: Outcome) -> None:
+        """An answered request's tokens, to this process's usage (None: another counts it)."""
+        usage: UsageRecorder | None = self._state.usage
+        if usage is not None and outcome.status == 200 and isinstance(model, str):
+            usage.record(principal.key_id, model, outcome.prompt_tokens or 0, outcome.output_tokens)
 
 
 def endpoints(state: Any, limit: BodyLimit) -> dict[str, InferenceEndpoint]:

@@ -98,6 +98,7 @@ KEYS_COLLECTION = "api_keys"
 EVENTS_COLLECTION = "audit_events"
 QUARANTINES_COLLECTION = "accelerator_quarantines"
 USAGE_COLLECTION = "usage_buckets"
+COUNTERS_COLLECTION = "limit_counters"
 
 
 def _to_millisecond(moment: datetime) -> datetime:
@@ -158,6 +159,7 @@ class MongoModelStore:
         self._events: Collection[Document] = client[database][EVENTS_COLLECTION]
         self._quarantines: Collection[Document] = client[database][QUARANTINES_COLLECTION]
         self._usage: Collection[Document] = client[database][USAGE_COLLECTION]
+        self._counters: Collection[Document] = client[database][COUNTERS_COLLECTION]
         try:
             self._collection.create_indexes(
                 [
@@ -181,6 +183,10 @@ class MongoModelStore:
                         name="key_id_hour",
                     ),
                 ]
+            )
+            # The server removes expired counters by itself too (its TTL monitor, each minute).
+            self._counters.create_index(
+                [("expires_at", pymongo.ASCENDING)], name="expires_at", expireAfterSeconds=0
             )
         except BaseException:
             client.close()
@@ -387,6 +393,29 @@ class MongoModelStore:
     @_translating
     def drop_quarantine(self, node: str, index: int) -> bool:
         return self._quarantines.delete_one({"_id": card_name(node, index)}).deleted_count > 0
+
+    @_translating
+    def add_counters(self, deltas: dict[str, int], expires_at: datetime) -> dict[str, int]:
+        if not deltas:
+            return {}
+        expiry = _to_millisecond(expires_at)
+        # Each $inc is atomic on its document; the totals are read once all are applied. A
+        # zero delta is only read: no write, and no document for a counter nobody added to.
+        for name, delta in deltas.items():
+            if delta:
+                self._counters.update_one(
+                    {"_id": name},
+                    {"$inc": {"value": delta}, "$max": {"expires_at": expiry}},
+                    upsert=True,
+                )
+        found = self._counters.find({"_id": {"$in": list(deltas)}})
+        totals = {document["_id"]: int(document["value"]) for document in found}
+        return {name: totals.get(name, 0) for name in deltas}
+
+    @_translating
+    def expire_counters(self, now: datetime) -> int:
+        removed = self._counters.delete_many({"expires_at": {"$lt": _to_millisecond(now)}})
+        return removed.deleted_count
 
     def close(self) -> None:
         self._client.close()

@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS accelerator_quarantines (
     document TEXT NOT NULL,
     PRIMARY KEY (node, card)
 );
+CREATE TABLE IF NOT EXISTS limit_counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS limit_counters_by_expiry ON limit_counters (expires_at);
 CREATE TABLE IF NOT EXISTS usage_buckets (
     key_id TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -134,6 +140,13 @@ def _order_key(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _epoch_s(moment: datetime) -> float:
+    """Seconds since the epoch (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 class _ConnectionPool:
@@ -441,6 +454,42 @@ class SqliteModelStore:
                 "DELETE FROM accelerator_quarantines WHERE node = ? AND card = ?", (node, index)
             )
         return cursor.rowcount > 0
+
+    def add_counters(self, deltas: dict[str, int], expires_at: datetime) -> dict[str, int]:
+        if not deltas:
+            return {}
+        expiry = _epoch_s(expires_at)
+        added = [(name, delta, expiry) for name, delta in deltas.items() if delta]
+        with self._pool.connection() as conn:
+            # One write transaction: the totals read back are those right after these adds. A
+            # zero delta is only read: no row for a counter nobody added to.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO limit_counters (name, value, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value,"
+                    " expires_at = max(expires_at, excluded.expires_at)",
+                    added,
+                )
+                names = list(deltas)
+                rows = conn.execute(
+                    "SELECT name, value FROM limit_counters WHERE name IN"
+                    f" ({','.join('?' * len(names))})",
+                    names,
+                ).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        totals = dict(rows)
+        return {name: totals.get(name, 0) for name in deltas}
+
+    def expire_counters(self, now: datetime) -> int:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM limit_counters WHERE expires_at < ?", (_epoch_s(now),)
+            )
+        return cursor.rowcount
 
     def close(self) -> None:
         self._pool.close()

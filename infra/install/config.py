@@ -68,6 +68,9 @@ class InstallConfig:
     # aif:prometheusUrl: a Prometheus scraping the gateways and engines (see aif:podMonitor),
     # where the task-executor-manager reads the models' load.
     prometheus_url: str = ""
+    # aif:redisUrl: a Redis where the gateways count keys' limits, exact across their pods
+    # (AIF_REDIS_URL); empty: counted through the database.
+    redis_url: str = ""
     # What models get on this cluster: aif:modelsNamespace, aif:schedulerName, aif:engineImage
     # ... one key per ClusterConfig field (see infra.cluster_settings.install_key).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -117,6 +120,7 @@ class InstallConfig:
             "stateStorageSize": "state_storage_size",
             "logLevel": "log_level",
             "prometheusUrl": "prometheus_url",
+            "redisUrl": "redis_url",
         }
         for key, attribute in strings.items():
             value = config.get(key)

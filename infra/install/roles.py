@@ -106,10 +106,13 @@ def role_env(role: RoleSpec, config: InstallConfig) -> dict[str, str]:
     Prometheus of ``aif:prometheusUrl``, else from the one chat-job-executor's ``/metrics``;
     the chat-job-executors report models at capacity to it (``AIF_SCALER_URL``).
     """
+    # The gateways count keys' limits (the frontend its own routes', the chat-job-executors
+    # inference's) in aif:redisUrl when it is set.
+    limits = {"AIF_REDIS_URL": config.redis_url} if config.redis_url else {}
     if role.name == "frontend":
-        return {"AIF_CHAT_EXECUTOR_URL": chat_executor_url(config.namespace)}
+        return {"AIF_CHAT_EXECUTOR_URL": chat_executor_url(config.namespace), **limits}
     if role.name == "chat-job-executor":
-        return {"AIF_SCALER_URL": scaler_url(config.namespace)}
+        return {"AIF_SCALER_URL": scaler_url(config.namespace), **limits}
     if role.name == "task-executor-manager":
         if config.prometheus_url:
             return {"AIF_PROMETHEUS_URL": config.prometheus_url}

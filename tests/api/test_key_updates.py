@@ -71,11 +71,12 @@ def test_a_lowered_rpm_applies_at_once(admin_client: TestClient) -> None:
     for _ in range(3):
         assert admin_client.get("/v1/models", headers=bearer(secret)).status_code == 200
 
-    admin_client.put(f"/v1/keys/{key['id']}", json={"rpm": 1})
+    # The new limit counts what the key was admitted in the last minute: one more, not four.
+    admin_client.put(f"/v1/keys/{key['id']}", json={"rpm": 4})
 
     assert admin_client.get("/v1/models", headers=bearer(secret)).status_code == 200
     refused = admin_client.get("/v1/models", headers=bearer(secret))
-    assert_error(refused, 429, "rate_limit_error", "1 requests per minute")
+    assert_error(refused, 429, "rate_limit_error", "4 requests per minute")
     # And cleared: no limit at all.
     admin_client.put(f"/v1/keys/{key['id']}", json={"rpm": None})
     assert admin_client.get("/v1/models", headers=bearer(secret)).status_code == 200

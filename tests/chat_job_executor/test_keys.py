@@ -7,6 +7,7 @@ as ``POST /v1/keys`` does in a frontend. Limits run on a fake clock.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -97,16 +98,17 @@ async def test_a_key_serves_only_its_models_and_a_404_names_no_other(keyed: Gate
 
 async def test_requests_per_minute_are_refused_with_retry_after(keyed: Gateway) -> None:
     clock = FakeClock()
-    keyed.state.keys.clock = clock
+    keyed.state.limits.clock = clock
     secret, _ = make_key(keyed, rpm=2)
 
     assert [(await chat(keyed, "m1", secret)).status_code for _ in range(2)] == [200, 200]
     refused = await chat(keyed, "m1", secret)
     assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "30"  # one request back every 30 s
+    # A sliding minute: both requests leave it once their slot is more than 60 s old.
+    assert refused.headers["retry-after"] == "61"
     error = refused.json()["error"]
     assert error["type"] == "rate_limit_error" and "2 requests per minute" in error["message"]
-    clock.now += 29
+    clock.now += 60
     assert (await chat(keyed, "m1", secret)).status_code == 429
     clock.now += 1
     assert (await chat(keyed, "m1", secret)).status_code == 200
@@ -116,19 +118,45 @@ async def test_tokens_per_minute_count_the_usage_of_whole_and_streamed_answers(
     keyed: Gateway,
 ) -> None:
     clock = FakeClock()
-    keyed.state.keys.clock = clock
+    keyed.state.limits.clock = clock
     # The engine's usage: 3 prompt tokens and 4 completion tokens, 7 in all, either way.
     secret, _ = make_key(keyed, tpm=14)
 
-    assert (await chat(keyed, "m1", secret)).status_code == 200  # 7 left
+    assert (await chat(keyed, "m1", secret)).status_code == 200  # 7 used
+    clock.now += 30
     streamed = await chat(keyed, "m1", secret, stream=True)
-    assert streamed.status_code == 200 and "[DONE]" in streamed.text  # 0 left
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text  # 14 used
     refused = await chat(keyed, "m1", secret)
     assert refused.status_code == 429
     assert "14 tokens per minute" in refused.json()["error"]["message"]
-    # 14 tokens a minute: one token back in 60/14 s.
-    assert refused.headers["retry-after"] == "5"
-    clock.now += 60 / 14
+    # Below 14 again once the first answer's 7 leave the minute, 31 s from now.
+    assert refused.headers["retry-after"] == "31"
+    clock.now += 31
+    assert (await chat(keyed, "m1", secret)).status_code == 200
+
+
+async def test_a_used_up_budget_is_insufficient_quota_until_the_day_ends(keyed: Gateway) -> None:
+    clock = FakeClock()
+    clock.now = datetime(2026, 3, 1, 23, 59, tzinfo=UTC).timestamp()
+    keyed.state.limits.clock = clock
+    secret, _ = make_key(keyed, token_budget=14, budget_period="day")
+
+    assert [(await chat(keyed, "m1", secret)).status_code for _ in range(2)] == [200, 200]
+    refused = await chat(keyed, "m1", secret)
+
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "60"
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert "14 tokens this day" in error["message"]
+    assert "resets at 2026-03-02T00:00:00Z" in error["message"]
+    client = openai.AsyncOpenAI(base_url=keyed.url + "/v1", api_key=secret, max_retries=0)
+    try:
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.completions.create(model="m1", prompt="hi", max_tokens=4)
+    finally:
+        await client.close()
+    assert raised.value.code == "insufficient_quota"
+    clock.now += 60
     assert (await chat(keyed, "m1", secret)).status_code == 200
 
 
@@ -175,6 +203,39 @@ async def test_a_frontend_passes_the_key_on_to_the_chat_job_executor(
     assert ok.status_code == 200
     assert refused.status_code == 403
     assert anonymous.status_code == 401
+
+
+async def test_a_forwarded_request_is_counted_once_by_the_chat_job_executor(
+    keyed: Gateway, tmp_path: Any
+) -> None:
+    secret, _ = make_key(keyed, rpm=2)
+    settings = Settings(
+        data_dir=tmp_path / "frontend", admin_key=ADMIN, chat_executor_url=keyed.url
+    )
+    app = create_app(settings, frozenset({Role.FRONTEND}), store=keyed.store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    codes = []
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(3):
+                answer = await client.post(
+                    url, json={"model": "m1", **CHAT}, headers=bearer(secret)
+                )
+                codes.append(answer.status_code)
+                # Both processes' counts in the shared store, as their syncs would put them.
+                await app.state.limits.counters.sync()
+                await keyed.state.limits.counters.sync()
+    finally:
+        server.should_exit = True
+        await task
+    assert codes == [200, 200, 429]
 
 
 async def test_waking_a_model_scaled_to_zero_is_recorded(gateway: Any) -> None:

@@ -59,3 +59,13 @@ def test_the_admin_key_is_read_from_the_stack_as_a_secret() -> None:
     installed = install(config)
     [secret] = secrets_holding(installed, "AIF_ADMIN_KEY")
     assert string_data(secret) == {"AIF_ADMIN_KEY": ADMIN}
+
+
+def test_a_redis_url_is_given_to_the_gateways_only() -> None:
+    installed = install(local_storage(redis_url="redis://limits:6379/0"))
+
+    for role, deployment in installed.deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env") or []}
+        gateway = role in ("frontend", "chat-job-executor")
+        assert env.get("AIF_REDIS_URL") == ("redis://limits:6379/0" if gateway else None), role
