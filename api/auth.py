@@ -18,6 +18,7 @@ Limits are per key and per process (each gateway replica counts its own): a toke
 ``rpm`` requests refilled over a minute, and one of ``tpm`` tokens from which each answer's
 ``usage`` (or its streamed events, when it reports none) is taken once it ends. A request is
 admitted while both buckets hold at least one; otherwise it is a 429 with ``Retry-After``.
+:meth:`KeyRing.flow` gives a caller's weight and priority class, for the gateway's wait queue.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import AifError, Forbidden, RateLimited, Unauthorized, from_exception
-from domain.keys import ANONYMOUS, BOOTSTRAP_KEY_ID, ApiKey, KeyScope, hash_secret
+from domain.keys import (
+    ANONYMOUS,
+    BOOTSTRAP_KEY_ID,
+    SHARED_FLOW,
+    ApiKey,
+    Flow,
+    KeyScope,
+    hash_secret,
+)
 from domain.store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -175,6 +184,7 @@ class KeyRing:
         self._by_hash: dict[str, Principal] = {}
         self._loaded: list[ApiKey] = []
         self._limiters: dict[str, KeyLimiter] = {}
+        self._flows: dict[str, Flow] = {}
         self._enforcing = self._admin_hash is not None
         self._version: str | None = None
         # What this process did since its last load: applied over any load older than it.
@@ -243,6 +253,7 @@ class KeyRing:
         if self._admin_hash is not None:
             by_hash[self._admin_hash] = Principal(BOOTSTRAP_KEY_ID, BOOTSTRAP_KEY_ID, "admin")
         self._by_hash = by_hash
+        self._flows = {key.id: key.flow for key in every.values()}
         self._enforcing = self._enforcing or bool(every)
 
     def _limiter(self, key: ApiKey) -> KeyLimiter | None:
@@ -267,6 +278,10 @@ class KeyRing:
             self._apply(self._loaded)
 
     # --- checking a request ---------------------------------------------------------------
+
+    def flow(self, principal: Principal) -> Flow:
+        """The caller's flow in a saturated model's queue; callers with no stored key share one."""
+        return self._flows.get(principal.key_id, SHARED_FLOW)
 
     @property
     def enforcing(self) -> bool:

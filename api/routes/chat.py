@@ -30,6 +30,7 @@ from api.middleware import (
     too_deep,
 )
 from api.relay import Exchange
+from domain.keys import PRIORITY_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class InferenceEndpoint:
 
     It answers every error itself, in the API's words, and checks the caller's key itself
     (``state.keys``, :class:`api.auth.KeyRing`): it runs ahead of the framework's middleware
-    (see :class:`api.app.AifApp`), where nothing else would.
+    (see :class:`api.app.AifApp`), where nothing else would. The key, and ``x-priority``,
+    say the request's flow in a saturated model's queue (:mod:`api.chat_job_executor.admission`).
     """
 
     def __init__(self, path: str, state: Any, limit: BodyLimit) -> None:
@@ -94,6 +96,9 @@ class InferenceEndpoint:
                 return
             request = parse_request(body, self._limit.max_json_depth)
             principal.require_model(request.get("model"))
+            exchange.flow = self._state.keys.flow(principal).lowered(
+                exchange.header(PRIORITY_HEADER)
+            )
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
