@@ -22,6 +22,7 @@ events, when it reports none) once it ends; what they mean (a sliding minute, a 
 day or month) and how every gateway process shares one count (Redis, or the store) is
 :mod:`api.limits`'. A key with no limits and no budget makes no counter call. Refusals are 429s
 with ``Retry-After``: ``rate_limit_error`` for rpm and tpm, ``insufficient_quota`` for the budget.
+:meth:`KeyRing.flow` gives a caller's weight and priority class, for the gateway's wait queue.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import AifError, Forbidden, Unauthorized, from_exception
 from api.limits import Counters, KeyLimits
-from domain.keys import ANONYMOUS, BOOTSTRAP_KEY_ID, ApiKey, KeyScope, hash_secret
+from domain.keys import (
+    ANONYMOUS,
+    BOOTSTRAP_KEY_ID,
+    SHARED_FLOW,
+    ApiKey,
+    Flow,
+    KeyScope,
+    hash_secret,
+)
 from domain.store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -135,6 +144,7 @@ class KeyRing:
         self._limiter = limiter
         self._by_hash: dict[str, Principal] = {}
         self._loaded: list[ApiKey] = []
+        self._flows: dict[str, Flow] = {}
         self._enforcing = self._admin_hash is not None
         self._version: str | None = None
         # What this process did since its last load: applied over any load older than it.
@@ -210,6 +220,7 @@ class KeyRing:
         if self._admin_hash is not None:
             by_hash[self._admin_hash] = Principal(BOOTSTRAP_KEY_ID, BOOTSTRAP_KEY_ID, "admin")
         self._by_hash = by_hash
+        self._flows = {key.id: key.flow for key in every.values()}
         self._enforcing = self._enforcing or bool(every)
 
     # --- changes made in this process: effective at once ------------------------------------
@@ -231,6 +242,10 @@ class KeyRing:
             self._apply(self._loaded)
 
     # --- checking a request ---------------------------------------------------------------
+
+    def flow(self, principal: Principal) -> Flow:
+        """The caller's flow in a saturated model's queue; callers with no stored key share one."""
+        return self._flows.get(principal.key_id, SHARED_FLOW)
 
     @property
     def enforcing(self) -> bool:

@@ -23,6 +23,7 @@ import aiohttp
 from api.errors import UpstreamError
 from api.relay import Exchange, UpstreamClient
 from api.services.models import ModelService
+from domain.keys import PRIORITY_HEADER
 from domain.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class ChatForwarder:
     Its answers, errors included, come back as they are: the chat-job-executor already speaks
     the API's words. Only an unreachable chat-job-executor is the frontend's own 502. The
     caller's ``Authorization`` header is passed on: the chat-job-executor checks the key too,
-    and counts its limits (the frontend does not, so each request is counted once).
+    and counts its limits (the frontend does not, so each request is counted once); and
+    ``x-priority``, for the chat-job-executor's queue.
     """
 
     def __init__(self, url: str, client: UpstreamClient, *, first_byte_s: float) -> None:
@@ -58,14 +60,16 @@ class ChatForwarder:
     async def serve(
         self, exchange: Exchange, path: str, request: dict[str, Any], body: bytes
     ) -> None:
-        # The key goes along: the chat-job-executor checks it and counts its limits.
-        key = exchange.header(b"authorization")
+        # The key goes along: the chat-job-executor checks it and counts its limits; and
+        # a lowered priority, which its queue reads.
+        sent: dict[str, str] = {}
+        for name in (b"authorization", PRIORITY_HEADER):
+            value = exchange.header(name)
+            if value:
+                sent[name.decode()] = value
         try:
             upstream = await self._client.post(
-                self._url + path,
-                body,
-                first_byte_s=self._first_byte_s,
-                headers={"authorization": key} if key else None,
+                self._url + path, body, first_byte_s=self._first_byte_s, headers=sent or None
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("chat-job-executor unreachable url=%s error=%r", self._url, exc)

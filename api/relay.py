@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import AifError
 from api.upstream import Answer
+from domain.keys import SHARED_FLOW
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +249,8 @@ class Exchange:
         self.response_started = False
         # The upstream answer's outcome, once relayed (a key's token count reads it).
         self.outcome: Outcome | None = None
+        # Whose request it is in a saturated model's queue; set once the key is known.
+        self.flow = SHARED_FLOW
 
     def header(self, name: bytes) -> str | None:
         """A request header's value (``name`` in lower case), or None."""

@@ -11,6 +11,10 @@ deleted or scaled, a key created or revoked, with who (a key id, ``scaler``, ``c
 ``chat-job-executor`` waking a model scaled to zero, or ``anonymous`` when no key is
 configured), what (each changed field, before and after) and when. Event ids sort in time order
 in every store.
+
+A :class:`Flow` is whose requests they are as a saturated model's wait queue sees them (the
+key, its weight and its priority class); the queue itself is the gateway's
+(:mod:`api.chat_job_executor.admission`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import enum
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -41,6 +46,30 @@ KeyScope = Literal["admin", "inference"]
 BudgetPeriod = Literal["day", "month"]
 # A key's class when a model is saturated: interactive requests are admitted before batch ones.
 KeyPriority = Literal["interactive", "batch"]
+
+
+# What a request may send in ``x-priority`` to lower its own class below its key's.
+PRIORITY_HEADER = b"x-priority"
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One key's requests in a saturated model's wait queue: its share and its class."""
+
+    key_id: str = ANONYMOUS
+    # Slots granted in proportion to it against other flows waiting; > 0 (the keys API checks).
+    weight: float = 1.0
+    priority: KeyPriority = "interactive"
+
+    def lowered(self, requested: str | None) -> Flow:
+        """This flow in the class a request asks for: its key's class, or batch below it."""
+        if requested is not None and requested.strip().lower() == "batch":
+            return replace(self, priority="batch")
+        return self
+
+
+# Every caller without a key of its own (no key configured, the bootstrap admin): one flow.
+SHARED_FLOW = Flow()
 
 
 def new_secret() -> str:
@@ -83,6 +112,10 @@ class ApiKey(BaseModel):
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def flow(self) -> Flow:
+        return Flow(self.id, self.weight, self.priority)
 
 
 class AuditAction(enum.StrEnum):

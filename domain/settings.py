@@ -168,6 +168,9 @@ class Settings(ClusterConfig, BaseSettings):
     # (which OpenAI clients retry) keeps admitted requests' TTFT near the unloaded figure,
     # where a longer wait only adds itself to their TTFT (measured: benchmarks/gateway.py).
     admission_wait_s: float = Field(default=0.05, gt=0)
+    # Share a saturated model's queue between API keys by weight and priority class; false:
+    # one first-come, first-served queue for everyone, as before keys carried weights.
+    admission_fair: bool = True
     # A request for a model with no instance ready yet (starting, restarting, scaled to zero)
     # waits this long for one before a 503.
     hold_timeout_s: float = Field(default=60.0, ge=0)

@@ -1,7 +1,8 @@
 """The chat-job-executor role: serves each inference request on a ready instance.
 
 A request names a model; the routing table (:mod:`.routing`) says where it runs. The model's
-gate (:mod:`.admission`) admits it or makes it wait briefly, else refuses it with 429. The
+gate (:mod:`.admission`) admits it or makes it wait briefly, its key's fair share of the queue,
+else refuses it with 429. The
 model's policy orders the available instances, and the request goes to the first: a failure
 before the first byte (connect error, reset, timeout, a 5xx or 429 from the engine) is retried
 on the next, up to ``AIF_UPSTREAM_RETRIES`` more; when none can serve, the answer is a 502
@@ -40,7 +41,7 @@ from api.chat_job_executor.routing import (
 from api.errors import ModelNotFound, ModelNotReady, Overloaded, UpstreamError
 from api.relay import Exchange, Outcome, Timeouts, UpstreamClient
 from api.upstream import Answer, UpstreamPool
-from domain.keys import ACTIVATOR, AuditEvent
+from domain.keys import ACTIVATOR, SHARED_FLOW, AuditEvent
 from domain.presets import instance_capacity
 from domain.records import ModelRecord, ModelStatus
 from domain.settings import Settings
@@ -85,8 +86,9 @@ class ChatJobExecutor:
             settings.ejection_failures, settings.ejection_base_s, settings.ejection_max_s
         )
         self._admission = AdmissionRule(
-            settings.admission_queue_per_instance, settings.admission_wait_s
-        )
+            settings.admission_queue_per_instance, settings.admission_wait_s,
+            settings.admission_fair,
+        )  # fmt: skip
         # Requests go through aif's own client; engines' /metrics through aiohttp's.
         self._pool = UpstreamPool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -259,13 +261,15 @@ class ChatJobExecutor:
         gate, capacity = route.gate, route.capacity
         if gate.full(capacity) or route.beyond_slo_capacity():
             self._on_pressure(route.name)  # the scaler looks at this model now
+        flow = exchange.flow if self._admission.fair else SHARED_FLOW
         try:
             await gate.acquire(
                 capacity, self._admission.queue_per_instance * len(route.instances),
-                self._admission.wait_s,
+                self._admission.wait_s, flow,
             )  # fmt: skip
         except Overloaded:
             self.metrics.rejected.labels(route.name, "overloaded").inc()
+            self.metrics.overloaded.labels(route.name, flow.priority).inc()
             self.metrics.requests.labels(route.name, "429").inc()
             raise
         self._active.add(exchange)

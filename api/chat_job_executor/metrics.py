@@ -4,8 +4,9 @@ Per model (label ``model``): time to first token, inter-token latency, time per 
 (per request, as a client measures it: ``(e2e - TTFT) / (output tokens - 1)``) and e2e
 latency histograms, with vLLM's bucket boundaries (and finer ones where SLO targets sit)
 under an ``aif_`` prefix; requests by status code; requests in flight and queued; requests
-rejected, by reason. Per instance: in flight, and ejections. Control plane: models by
-status, instances desired and ready. The scaler reads these (through Prometheus, or from this
+rejected, by reason, and those refused by a saturated model, by the priority class they
+waited in. Per instance: in flight, and ejections. Control plane: models by status,
+instances desired and ready. The scaler reads these (through Prometheus, or from this
 registry in-process).
 
 Gauges are read from the routing table at scrape time, so the request path pays nothing for
@@ -79,6 +80,13 @@ class GatewayMetrics:
             "aif_requests_rejected",
             "Requests refused before reaching an instance, by reason.",
             ["model", "reason"],
+            registry=registry,
+        )
+        self.overloaded = Counter(
+            "aif_requests_overloaded",
+            "Requests refused for a saturated model (queue full, pushed out, or waited too "
+            "long), by the priority class they waited in.",
+            ["model", "priority"],
             registry=registry,
         )
         self.ejections = Counter(

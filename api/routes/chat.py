@@ -31,6 +31,7 @@ from api.middleware import (
 )
 from api.relay import Exchange, Outcome
 from api.usage import UsageRecorder
+from domain.keys import PRIORITY_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class InferenceEndpoint:
     (see :class:`api.app.AifApp`), where nothing else would. An answered request's tokens go
     to ``state.usage`` (:class:`api.usage.UsageRecorder`), None where another process serves
     the request and counts it.
+    The key, and ``x-priority``, say the request's flow in a saturated model's queue
+    (:mod:`api.chat_job_executor.admission`).
     """
 
     def __init__(self, path: str, state: Any, limit: BodyLimit) -> None:
@@ -104,6 +107,9 @@ class InferenceEndpoint:
             request = parse_request(body, self._limit.max_json_depth)
             model = request.get("model")
             principal.require_model(model)
+            exchange.flow = self._state.keys.flow(principal).lowered(
+                exchange.header(PRIORITY_HEADER)
+            )
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
