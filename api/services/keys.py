@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from api.errors import InvalidRequest, KeyNotFound, ModelConflict
+from api.errors import KeyNotFound, ModelConflict
 from api.schemas import KeyCreate, KeyUpdate
 from domain.keys import (
     BOOTSTRAP_KEY_ID,
@@ -92,7 +92,11 @@ class KeyService:
         _refuse_revoked(key)
         changes = body.model_dump(exclude_unset=True)
         if key.scope == "admin" and changes.get("models") is not None:
-            raise InvalidRequest("only an inference key can be limited to models", param="models")
+            # The body is valid; the stored key's scope is what refuses it.
+            raise ModelConflict(
+                f"key {key_id!r} is an admin key: only an inference key can be limited to models",
+                param="models",
+            )
         updated = key.model_copy(update=changes)
         shown = field_changes(
             key.model_dump(mode="json", include=SHOWN_FIELDS),

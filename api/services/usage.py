@@ -59,6 +59,8 @@ def parse_group_by(values: Iterable[str] | None) -> list[GroupBy]:
     groups: list[GroupBy] = []
     for value in values or []:
         for name in (part.strip() for part in value.split(",")):
+            if not name:  # group_by= or a stray comma: nothing asked for there
+                continue
             if name not in GROUPS:
                 raise InvalidRequest(
                     f"group_by takes {', '.join(GROUPS)} (repeated or comma-separated), "

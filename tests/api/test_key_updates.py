@@ -111,7 +111,7 @@ def test_an_admin_key_cannot_be_limited_to_models(
 ) -> None:
     _, key = create_key(admin_client, scope="admin")
     answer = admin_client.put(f"/v1/keys/{key['id']}", json={"models": ["m1"]})
-    assert assert_error(answer, 422, "invalid_request_error")["param"] == "models"
+    assert assert_error(answer, 409, "conflict_error", "admin key")["param"] == "models"
     assert store.list_keys()[0].models is None
 
 

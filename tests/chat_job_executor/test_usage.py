@@ -57,6 +57,8 @@ async def test_answered_requests_are_reported_per_key_model_and_hour(served: Gat
     report = (await usage(served, ADMIN)).json()
 
     assert report["object"] == "list" and report["group_by"] == ["key", "model"]
+    # An empty group_by asks for nothing more: the default grouping.
+    assert (await usage(served, ADMIN, group_by="")).json()["group_by"] == ["key", "model"]
     rows = {(r["key_name"], r["model"]): r for r in report["data"]}
     assert set(rows) == {("team-a", "m1"), ("team-a", "m2"), ("team-b", "m1")}
     assert rows["team-a", "m1"] == {
