@@ -22,7 +22,7 @@ events, when it reports none) once it ends; what they mean (a sliding minute, a 
 day or month) and how every gateway process shares one count (Redis, or the store) is
 :mod:`api.limits`'. A key with no limits and no budget makes no counter call. Refusals are 429s
 with ``Retry-After``: ``rate_limit_error`` for rpm and tpm, ``insufficient_quota`` for the budget.
-:meth:`KeyRing.flow` gives a caller's weight and priority class, for the gateway's wait queue.
+:attr:`Principal.flow` is a caller's weight and priority class, for the gateway's wait queue.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class Principal:
     # The key's limits as its latest record says (None: none), and where they are counted.
     limits: KeyLimits | None = None
     counters: Limiter | None = field(default=None, compare=False)
+    # Its requests in a saturated model's queue; callers with no stored key share one.
+    flow: Flow = SHARED_FLOW
 
     @property
     def admin(self) -> bool:
@@ -144,7 +146,6 @@ class KeyRing:
         self._limiter = limiter
         self._by_hash: dict[str, Principal] = {}
         self._loaded: list[ApiKey] = []
-        self._flows: dict[str, Flow] = {}
         self._enforcing = self._admin_hash is not None
         self._version: str | None = None
         # What this process did since its last load: applied over any load older than it.
@@ -216,11 +217,11 @@ class KeyRing:
                 None if key.models is None else frozenset(key.models),
                 KeyLimits.of(key),
                 self._limiter,
+                key.flow,
             )
         if self._admin_hash is not None:
             by_hash[self._admin_hash] = Principal(BOOTSTRAP_KEY_ID, BOOTSTRAP_KEY_ID, "admin")
         self._by_hash = by_hash
-        self._flows = {key.id: key.flow for key in every.values()}
         self._enforcing = self._enforcing or bool(every)
 
     # --- changes made in this process: effective at once ------------------------------------
@@ -242,10 +243,6 @@ class KeyRing:
             self._apply(self._loaded)
 
     # --- checking a request ---------------------------------------------------------------
-
-    def flow(self, principal: Principal) -> Flow:
-        """The caller's flow in a saturated model's queue; callers with no stored key share one."""
-        return self._flows.get(principal.key_id, SHARED_FLOW)
 
     @property
     def enforcing(self) -> bool:

@@ -107,9 +107,7 @@ class InferenceEndpoint:
             request = parse_request(body, self._limit.max_json_depth)
             model = request.get("model")
             principal.require_model(model)
-            exchange.flow = self._state.keys.flow(principal).lowered(
-                exchange.header(PRIORITY_HEADER)
-            )
+            exchange.flow = principal.flow.lowered(exchange.header(PRIORITY_HEADER))
             exchange.watch_client()
             await inference.serve(exchange, self.path, request, body)
         except AifError as error:
